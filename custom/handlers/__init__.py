@@ -1,0 +1,1 @@
+from .case_metrics_writer import CaseMetricsHandler, CaseMetricsWriter
