@@ -1,0 +1,628 @@
+"""Left Atrium (2018 Atrial Segmentation Challenge, LGE-MRI): preparation and synthetic stand-ins.
+
+``prepare_la`` turns either release into NIfTI files plus a ``datalist.json`` (see :mod:`custom.data.datalist`):
+
+* the preprocessed h5 release of the semi-supervised literature (UA-MT lineage):
+  ``2018LA_Seg_Training Set/<id>/mri_norm2.h5`` (``image`` float32 z-scored, ``label`` uint8 {0, 1}, arrays
+  (x, y, z)), with ``train.list`` (80 ids) / ``test.list`` (20 ids) next to the folder. Arrays are copied
+  unchanged (values identical), only converted to NIfTI;
+* the raw challenge release ``<id>/lgemri.nrrd`` + ``<id>/laendo.nrrd`` (label 255 = atrium), preprocessed
+  exactly like UA-MT's ``code/dataloaders/la_heart_processing.py`` (see :func:`preprocess_raw`).
+
+Output (``dst``)::
+
+    images/<id>.nii.gz    float32, affine diag(spacing, spacing, spacing, 1), array axes (x, y, z) as in the h5
+    labels/<id>.nii.gz    uint8 {0, 1}; written for every case (unlabeled ones too, for pseudo-label evaluation),
+                          but only referenced by the training/validation/test entries of the datalist
+    datalist.json
+
+Spacing: 0.625 mm isotropic, the challenge's value. Neither the h5 (no spacing stored) nor the raw nrrd headers
+(surveys read (1, 1, 1)) are trusted for it; ``spacing=`` overrides it, and the metadata says so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import string
+import sys
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from custom.data.datalist import (
+    DATALIST_NAME,
+    DatasetError,
+    atomic_dataset,
+    build_datalist,
+    check_destination,
+    read_id_list,
+    split_training,
+    write_datalist,
+)
+
+__all__ = [
+    "CHALLENGE_SPACING",
+    "DEFAULT_LABELED",
+    "H5_FOLDER",
+    "UA_MT_OUTPUT_SIZE",
+    "crop_seed",
+    "load_h5_case",
+    "load_raw_case",
+    "prepare_la",
+    "preprocess_raw",
+    "synth_la",
+    "synth_la_h5",
+]
+
+#: 10 % of the 80 official training cases: the usual LA budget (4 / 8 / 16 = 5 / 10 / 20 %).
+DEFAULT_LABELED = 8
+#: The challenge's voxel size in mm (isotropic).
+CHALLENGE_SPACING = 0.625
+#: ``output_size`` of UA-MT's la_heart_processing.py: widens the label crop in-plane to at least ~112 voxels.
+UA_MT_OUTPUT_SIZE = (112, 112, 80)
+#: Folder of the h5 release (and of the raw release as UA-MT's script reads it).
+H5_FOLDER = "2018LA_Seg_Training Set"
+H5_NAME = "mri_norm2.h5"
+IMAGE_NRRD = "lgemri.nrrd"
+LABEL_NRRD = "laendo.nrrd"
+#: Share of the sorted ids used as test set when a release comes without train.list / test.list.
+FALLBACK_TEST_SHARE = 0.2
+
+_UA_MT_REF = "yulequan/UA-MT code/dataloaders/la_heart_processing.py"
+
+
+def _info(msg: str) -> None:
+    print(f"dycon prepare la: {msg}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def load_h5_case(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one ``mri_norm2.h5``: returns ``(image float32, label uint8 {0, 1})``, arrays (x, y, z).
+
+    DatasetError (naming the file) if it is missing or unreadable, lacks ``image``/``label``, is not 3-D, has
+    mismatching shapes, label values outside {0, 1}, or NaN/Inf voxels.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing h5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("image", "label") if k not in f]
+            if missing:
+                raise DatasetError(f"{path}: h5 file lacks dataset(s) {missing} (has {sorted(f.keys())})")
+            image = np.asarray(f["image"][()])
+            label = np.asarray(f["label"][()])
+    except DatasetError:
+        raise
+    except Exception as err:  # h5py raises OSError, KeyError, ... on corrupt files
+        raise DatasetError(f"{path}: cannot read h5 file ({type(err).__name__}: {err})") from err
+    return _validate(path, image, label, allowed=(0, 1))
+
+
+def load_raw_case(
+    image_path: str | os.PathLike[str], label_path: str | os.PathLike[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate one raw case: returns ``(image, label)`` as stored (label {0, 255}), index order (x, y, z).
+
+    DatasetError (naming the file) if a file is missing or unreadable, not 3-D, shapes differ, label values are
+    outside {0, 255}, the label is empty (the UA-MT crop needs it), or the image has NaN/Inf voxels.
+    """
+    import nrrd
+
+    arrays = []
+    for p in (Path(image_path), Path(label_path)):
+        if not p.is_file():
+            raise DatasetError(f"{p}: missing nrrd file")
+        try:
+            data, _header = nrrd.read(str(p))
+        except Exception as err:  # nrrd.NRRDError, OSError, ValueError, zlib.error ...
+            raise DatasetError(f"{p}: cannot read nrrd file ({type(err).__name__}: {err})") from err
+        arrays.append(np.asarray(data))
+    image, label = _validate(Path(label_path), arrays[0], arrays[1], allowed=(0, 255), image_path=Path(image_path))
+    if not label.any():
+        raise DatasetError(f"{label_path}: label is empty; the UA-MT crop needs the atrium to crop around it")
+    return image, label
+
+
+def _validate(
+    path: Path, image: np.ndarray, label: np.ndarray, allowed: tuple[int, int], image_path: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    image_path = image_path or path
+    if image.ndim != 3 or label.ndim != 3:
+        raise DatasetError(f"{path}: expected 3-D image and label, got shapes {image.shape} and {label.shape}")
+    if image.shape != label.shape:
+        raise DatasetError(f"{path}: image shape {image.shape} != label shape {label.shape}")
+    if not (np.issubdtype(image.dtype, np.number) and np.issubdtype(label.dtype, np.number)):
+        raise DatasetError(f"{path}: non-numeric arrays ({image.dtype}, {label.dtype})")
+    if np.issubdtype(image.dtype, np.inexact) and not np.isfinite(image).all():
+        n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise DatasetError(f"{image_path}: image has {n} NaN/Inf voxel(s)")
+    values = np.unique(label)
+    bad = [v for v in values.tolist() if v not in allowed]
+    if bad:
+        raise DatasetError(f"{path}: label values {bad[:10]} outside {set(allowed)}")
+    if allowed == (0, 1):
+        return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
+    return image, label
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+
+
+def crop_seed(case_id: str) -> int:
+    """Seed of the per-case RNG for the crop margins: ``crc32(case_id)`` (independent of the split ``seed``)."""
+    return zlib.crc32(case_id.encode("utf-8"))
+
+
+def preprocess_raw(image: np.ndarray, label: np.ndarray, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """UA-MT's preprocessing of a raw case (``code/dataloaders/la_heart_processing.py``), step by step:
+
+    1. ``label = (label == 255)`` as uint8;
+    2. bounding box of the label (inclusive min/max per axis);
+    3. ``px = max(112 - (maxx - minx), 0) // 2`` (same for y with 112; ``pz`` with 80 is computed there but unused);
+    4. ``minx = max(minx - randint(10, 20) - px, 0)``, ``maxx = min(maxx + randint(10, 20) + px, w)``, then the same
+       for y, then two draws ``randint(5, 10)`` for z that UA-MT makes but never uses (kept here so the x/y draws
+       are the same as with its call order); the margins are drawn from a per-case seeded
+       ``np.random.RandomState(crop_seed(case_id))`` instead of UA-MT's unseeded global RNG, so reruns agree;
+    5. z-score over the WHOLE (uncropped) volume in float64, cast to float32;
+    6. ``image[minx:maxx, miny:maxy]`` (note the exclusive upper bound on the inclusive label max, as in UA-MT);
+       z is kept whole.
+
+    Known weakness of this convention (kept for comparability with the literature): the crop is placed with the
+    label, so test volumes are cropped with knowledge of the ground truth.
+    """
+    label = (label == 255).astype(np.uint8)
+    w, h, _d = label.shape
+    nz = np.nonzero(label)
+    if nz[0].size == 0:
+        raise DatasetError(f"case {case_id}: empty label, cannot crop around it")
+    minx, maxx = int(nz[0].min()), int(nz[0].max())
+    miny, maxy = int(nz[1].min()), int(nz[1].max())
+    px = max(UA_MT_OUTPUT_SIZE[0] - (maxx - minx), 0) // 2
+    py = max(UA_MT_OUTPUT_SIZE[1] - (maxy - miny), 0) // 2
+    rng = np.random.RandomState(crop_seed(case_id))
+    minx = max(minx - int(rng.randint(10, 20)) - px, 0)
+    maxx = min(maxx + int(rng.randint(10, 20)) + px, w)
+    miny = max(miny - int(rng.randint(10, 20)) - py, 0)
+    maxy = min(maxy + int(rng.randint(10, 20)) + py, h)
+    rng.randint(5, 10)  # UA-MT's z margins: drawn, never applied (z is not cropped)
+    rng.randint(5, 10)
+    img = np.asarray(image)
+    std = float(np.std(img))
+    if not math.isfinite(std) or std == 0.0:
+        raise DatasetError(f"case {case_id}: image is constant or not finite, cannot z-score it")
+    img = ((img - np.mean(img)) / std).astype(np.float32)
+    return img[minx:maxx, miny:maxy], label[minx:maxx, miny:maxy]
+
+
+# ------------------------------------------------------------------------------------------- source layout
+
+
+@dataclass
+class _Source:
+    layout: str  # "h5" | "raw"
+    case_root: Path
+    cases: dict[str, Path]  # id -> case folder
+    files: dict[str, dict[str, Path]] = field(default_factory=dict)  # id -> {"h5"|"image"|"label": path}
+    train_list: Path | None = None
+    test_list: Path | None = None
+
+
+def _child_file(folder: Path, name: str) -> Path | None:
+    """``folder/name``, matched case-insensitively."""
+    exact = folder / name
+    if exact.is_file():
+        return exact
+    low = name.lower()
+    for p in sorted(folder.iterdir()):
+        if p.name.lower() == low and p.is_file():
+            return p
+    return None
+
+
+def _scan(root: Path) -> dict[str, dict[str, dict[str, Path]]]:
+    """Case folders under ``root`` by layout: {"h5": {id: {...}}, "raw": {id: {...}}}."""
+    found: dict[str, dict[str, dict[str, Path]]] = {"h5": {}, "raw": {}}
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return found
+    for case in children:
+        h5 = _child_file(case, H5_NAME)
+        if h5 is not None:
+            found["h5"][case.name] = {"h5": h5}
+        img = _child_file(case, IMAGE_NRRD)
+        if img is not None:
+            found["raw"][case.name] = {"image": img, "label": _child_file(case, LABEL_NRRD) or case / LABEL_NRRD}
+    return found
+
+
+def _find_source(src: Path, layout: str) -> _Source:
+    if not src.is_dir():
+        raise FileNotFoundError(f"LA source folder {src} does not exist (or is not a folder)")
+    if layout not in ("auto", "h5", "raw"):
+        raise DatasetError(f"layout must be 'auto', 'h5' or 'raw', got {layout!r}")
+    roots = [src] + sorted(p for p in src.iterdir() if p.is_dir() and "training" in p.name.lower())
+    for root in roots:
+        found = _scan(root)
+        # Prefer the literature's h5 when a folder holds both (UA-MT writes mri_norm2.h5 next to the nrrd files).
+        kinds = ["h5", "raw"] if layout == "auto" else [layout]
+        for kind in kinds:
+            if found[kind]:
+                files = found[kind]
+                return _Source(
+                    layout=kind,
+                    case_root=root,
+                    cases={i: f[next(iter(f))].parent for i, f in files.items()},
+                    files=files,
+                    train_list=_find_list(src, root, "train.list"),
+                    test_list=_find_list(src, root, "test.list"),
+                )
+    want = {"auto": f"{H5_NAME} or {IMAGE_NRRD}", "h5": H5_NAME, "raw": IMAGE_NRRD}[layout]
+    raise FileNotFoundError(
+        f"no LA case found under {src}: expected <id>/{want} in {src} or in a '*Training*' subfolder "
+        f"(e.g. '{H5_FOLDER}')"
+    )
+
+
+def _find_list(src: Path, root: Path, name: str) -> Path | None:
+    seen: list[Path] = []
+    for d in (root, root.parent, src, src.parent):
+        if d in seen:
+            continue
+        seen.append(d)
+        p = _child_file(d, name) if d.is_dir() else None
+        if p is not None:
+            return p
+    return None
+
+
+def _official_split(source: _Source) -> tuple[list[str], list[str], str]:
+    """(train ids, test ids, rule) from the lists, or the documented fallback rule when they are absent."""
+    present = sorted(source.cases)
+    train = read_id_list(source.train_list) if source.train_list else None
+    test = read_id_list(source.test_list) if source.test_list else None
+    if train is not None and test is not None:
+        rule = f"official lists {source.train_list} and {source.test_list}"
+    elif train is not None:
+        test = [i for i in present if i not in set(train)]
+        rule = f"{source.train_list}; no test.list found: test = present ids not in train.list (sorted)"
+    elif test is not None:
+        train = [i for i in present if i not in set(test)]
+        rule = f"{source.test_list}; no train.list found: train = present ids not in test.list (sorted)"
+    else:
+        n_test = math.floor(len(present) * FALLBACK_TEST_SHARE)
+        train, test = present[: len(present) - n_test], present[len(present) - n_test :]
+        rule = (
+            f"no train.list/test.list found: ids sorted, the last {int(FALLBACK_TEST_SHARE * 100)}% "
+            f"(floor, {n_test} of {len(present)}) as test, the rest as training in sorted order"
+        )
+    overlap = sorted(set(train) & set(test))
+    if overlap:
+        raise DatasetError(f"ids in both train and test lists: {', '.join(overlap)}")
+    return train, test, rule
+
+
+# -------------------------------------------------------------------------------------------------- writing
+
+
+def _spacing3(spacing: Any) -> tuple[float, float, float]:
+    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
+        sp = (float(spacing),) * 3
+    elif isinstance(spacing, (list, tuple)) and len(spacing) == 3:
+        sp = tuple(float(s) for s in spacing)
+    else:
+        raise DatasetError(f"spacing must be a number or three numbers (mm), got {spacing!r}")
+    if not all(math.isfinite(s) and s > 0 for s in sp):
+        raise DatasetError(f"spacing must be positive and finite, got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _write_nifti(array: np.ndarray, path: Path, spacing: tuple[float, float, float], dtype: type) -> None:
+    import nibabel as nib
+
+    affine = np.diag([*spacing, 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(array, dtype=dtype), affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))  # nibabel gzips deterministically (mtime 0): reruns give identical bytes
+
+
+def prepare_la(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    labeled: int | None = None,
+    fraction: float | None = None,
+    random: bool = False,
+    seed: int = 1337,
+    val: int = 0,
+    spacing: float | Sequence[float] = CHALLENGE_SPACING,
+    overwrite: bool = False,
+    layout: str = "auto",
+) -> Path:
+    """Prepare the LA dataset from ``src`` (h5 release or raw challenge release) into ``dst``; return the datalist.
+
+    Args:
+        src: the h5 release root (holding ``2018LA_Seg_Training Set/`` and ``train.list``/``test.list``), that
+            folder itself (lists one level up or inside), or the raw release (``<id>/lgemri.nrrd`` and
+            ``<id>/laendo.nrrd``, directly or in a ``*Training*`` subfolder). Never modified.
+        dst: output folder, written atomically (``<dst>.partial-<pid>`` renamed at the end).
+        labeled: number of labeled cases: the FIRST ones of train.list that are present (default 8 = 10 % of 80
+            when neither ``labeled`` nor ``fraction`` is given). Never clipped: asking more than exist is an error.
+        fraction: share of the (present, non-validation) training cases to label instead of ``labeled``.
+        random: draw labeled (and validation) cases with ``seed`` instead of taking the first (last) ones.
+        seed: seed of the random draws (the crop margins of raw data use a fixed per-case seed instead).
+        val: number of validation cases carved from the END of the training list (removed from labeled and
+            unlabeled).
+        spacing: voxel size in mm written to the affine and header (the challenge's 0.625 mm by default).
+        overwrite: replace a dataset previously written here with other arguments (a rerun with the SAME
+            arguments returns at once, the existing dataset being identical to what it would write; with
+            ``overwrite=True`` it is rebuilt). A ``dst`` that is not a dataset written by us is never touched.
+        layout: ``"auto"`` (h5 if present, else raw), ``"h5"`` or ``"raw"``.
+
+    Training ids of the lists that are absent from ``src`` are skipped and reported (stderr and
+    ``dycon.missing``); so are absent test ids. An empty test set is kept as ``"test": []`` with a warning.
+    Without lists (raw data), the documented fallback is: sorted ids, the last 20 % as test.
+    """
+    src_p = Path(os.fspath(src)).expanduser().resolve()
+    dst_p = Path(os.fspath(dst)).expanduser().absolute()
+    sp = _spacing3(spacing)
+    for name, flag in (("random", random), ("overwrite", overwrite)):
+        if not isinstance(flag, bool):
+            raise DatasetError(f"{name} must be True or False, got {flag!r}")
+    if labeled is not None and fraction is not None:
+        raise DatasetError(
+            f"give either labeled (a count) or fraction (a share), not both (got labeled={labeled!r}, "
+            f"fraction={fraction!r})"
+        )
+    source = _find_source(src_p, layout)
+    dst_r = dst_p.resolve()
+    if dst_r == src_p or src_p in dst_r.parents or dst_r in src_p.parents:
+        raise DatasetError(f"dst {dst_p} must be outside src {src_p} (raw data are never modified in place)")
+
+    train_all, test_all, rule = _official_split(source)
+    missing_train = [i for i in train_all if i not in source.cases]
+    missing_test = [i for i in test_all if i not in source.cases]
+    listed = set(train_all) | set(test_all)
+    unlisted = sorted(i for i in source.cases if i not in listed)
+    train_ids = [i for i in train_all if i in source.cases]
+    test_ids = [i for i in test_all if i in source.cases]
+
+    split = split_training(train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=val,
+                           default_labeled=DEFAULT_LABELED)
+
+    arguments = {
+        "src": str(src_p), "labeled": labeled, "fraction": fraction, "random": random, "seed": seed, "val": val,
+        "spacing": list(sp), "layout": layout,
+    }
+    if check_destination(dst_p, arguments, overwrite=overwrite):
+        _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
+        return dst_p / DATALIST_NAME
+
+    for what, ids, total in (("train.list", missing_train, train_all), ("test.list", missing_test, test_all)):
+        if ids:
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            _info(f"{len(ids)} of {len(total)} {what} ids are not in {source.case_root} and were skipped: {shown}")
+    if unlisted:
+        _info(f"{len(unlisted)} case(s) in {source.case_root} are in no list and were ignored: {', '.join(unlisted)}")
+    if not test_ids:
+        warnings.warn(f"no test case of the split is present in {src_p}: datalist 'test' is empty", stacklevel=2)
+
+    if source.layout == "h5":
+        preprocessing = (
+            "h5 release (UA-MT lineage: z-score of the whole volume, then x/y crop around the label with a "
+            "random 10-20 voxel margin, z kept whole); arrays copied unchanged"
+        )
+    else:
+        preprocessing = (
+            f"raw nrrd preprocessed as {_UA_MT_REF}: label 255 -> 1, z-score of the whole volume (float64 -> "
+            "float32), x/y crop around the label widened to >= 112 voxels with margins randint(10, 20) from "
+            "np.random.RandomState(crc32(id)), z kept whole"
+        )
+    metadata: dict[str, Any] = {
+        "dataset": "LA",
+        "source": {"layout": source.layout, "path": str(src_p), "case_root": str(source.case_root),
+                   "train_list": str(source.train_list) if source.train_list else None,
+                   "test_list": str(source.test_list) if source.test_list else None, "split_rule": rule},
+        "spacing": list(sp),
+        "spacing_note": (
+            f"{CHALLENGE_SPACING} mm isotropic is the challenge's value; the h5 files store no spacing and the raw "
+            "nrrd headers are not trusted (they read 1 mm)"
+            + ("" if sp == (CHALLENGE_SPACING,) * 3 else f"; overridden by the user to {list(sp)} mm")
+        ),
+        "axes": "array axes (x, y, z) as in the h5 / nrrd index order; affine diag(spacing, 1)",
+        "preprocessing": preprocessing,
+        "crop_uses_label": "yes: the x/y crop is placed around the ground truth, test cases included (known "
+                           "weakness of the literature's convention)",
+        "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the training list")
+                        + (f"; default N = {DEFAULT_LABELED} (10% of 80)" if labeled is None and fraction is None
+                           else ""),
+        "validation_rule": "" if not val else (f"seeded random draw (seed {seed})" if random
+                                               else "last N of the training list"),
+        "missing": {"training": missing_train, "test": missing_test},
+        "unlisted": unlisted,
+        "arguments": arguments,
+    }
+    image_rel = lambda i: f"images/{i}.nii.gz"  # noqa: E731
+    label_rel = lambda i: f"labels/{i}.nii.gz"  # noqa: E731
+    datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata)
+
+    cases = split.labeled + split.unlabeled + split.validation + test_ids
+    with atomic_dataset(dst_p) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        for case_id in cases:
+            files = source.files[case_id]
+            if source.layout == "h5":
+                image, label = load_h5_case(files["h5"])
+            else:
+                image, label = preprocess_raw(*load_raw_case(files["image"], files["label"]), case_id=case_id)
+            _write_nifti(image, tmp / image_rel(case_id), sp, np.float32)
+            _write_nifti(label, tmp / label_rel(case_id), sp, np.uint8)
+        write_datalist(datalist, tmp / DATALIST_NAME)
+    c = datalist["dycon"]["counts"]
+    _info(f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
+          f"{c['test']} test")
+    return dst_p / DATALIST_NAME
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+
+_ID_CHARS = np.array(list(string.ascii_uppercase + string.digits))
+
+
+def _synth_ids(rng: np.random.Generator, n: int) -> list[str]:
+    ids: list[str] = []
+    while len(ids) < n:
+        i = "".join(rng.choice(_ID_CHARS, size=20))
+        if i not in ids:
+            ids.append(i)
+    return ids
+
+
+def _synth_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One fake LGE-MRI volume (uint8) and atrium mask (uint8 {0, 255}), arrays (x, y, z)."""
+    from scipy.ndimage import gaussian_filter
+
+    sx, sy, sz = shape
+    x, y, z = np.meshgrid(np.arange(sx), np.arange(sy), np.arange(sz), indexing="ij", sparse=True)
+    img = np.full(shape, 12.0)
+    # body (torso cross-section), constant along z, with a darker lung-like region on each side
+    body = ((x - sx / 2) / (0.46 * sx)) ** 2 + ((y - sy / 2) / (0.40 * sy)) ** 2 <= 1
+    img = img + 45.0 * body
+    for side in (-1, 1):
+        lung = ((x - sx / 2 - side * 0.24 * sx) / (0.14 * sx)) ** 2 + ((y - sy / 2) / (0.22 * sy)) ** 2 <= 1
+        img = img - 30.0 * lung
+    # a bright vessel (aorta-like tube along z) and a spine-like blob at the back
+    ax, ay = sx * rng.uniform(0.55, 0.62), sy * rng.uniform(0.35, 0.42)
+    img = img + 70.0 * (((x - ax) ** 2 + (y - ay) ** 2) <= (0.06 * min(sx, sy)) ** 2)
+    img = img + 55.0 * ((((x - sx / 2) / (0.07 * sx)) ** 2 + ((y - 0.82 * sy) / (0.06 * sy)) ** 2) <= 1)
+    # the atrium: an ellipsoid plus an appendage lobe, bright (contrast-enhanced blood pool)
+    c = np.array([rng.uniform(0.42, 0.58) * sx, rng.uniform(0.45, 0.58) * sy, rng.uniform(0.42, 0.58) * sz])
+    r = np.array([rng.uniform(0.10, 0.15) * sx, rng.uniform(0.10, 0.15) * sy, rng.uniform(0.20, 0.28) * sz])
+    atrium = ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2 <= 1
+    lobe_c = c + np.array([0.8 * r[0], -0.6 * r[1], 0.3 * r[2]]) * rng.choice([-1, 1], size=3)
+    lobe = ((x - lobe_c[0]) / (0.45 * r[0])) ** 2 + ((y - lobe_c[1]) / (0.4 * r[1])) ** 2 + (
+        (z - lobe_c[2]) / (0.5 * r[2])
+    ) ** 2 <= 1
+    mask = atrium | lobe
+    img = img + 95.0 * mask
+    img = gaussian_filter(img, sigma=1.0)
+    # Rician-like noise and a slow intensity bias field (surface-coil shading)
+    bias = 1.0 + 0.15 * np.cos(np.pi * x / sx + rng.uniform(0, np.pi)) * np.cos(np.pi * y / sy)
+    noise_r, noise_i = rng.normal(0, 8.0, shape), rng.normal(0, 8.0, shape)
+    img = np.sqrt((img * bias + noise_r) ** 2 + noise_i**2)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), (mask.astype(np.uint8) * 255)
+
+
+def _nrrd_header(shape: tuple[int, int, int]) -> dict[str, Any]:
+    # Mirrors the challenge files as far as public surveys describe them: unsigned char, 3-D, LPS space, unit
+    # (1 mm) space directions although the true spacing is 0.625 mm, gzip encoding.
+    return {
+        "type": "unsigned char",
+        "dimension": 3,
+        "space": "left-posterior-superior",
+        "sizes": np.array(shape),
+        "space directions": np.eye(3),
+        "kinds": ["domain", "domain", "domain"],
+        "endian": "little",
+        "encoding": "gzip",
+        "space origin": np.zeros(3),
+    }
+
+
+def _shape3(shape: Any) -> tuple[int, int, int]:
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(s, int) and s >= 8
+                                                                         for s in shape)):
+        raise DatasetError(f"shape must be three integers >= 8, got {shape!r}")
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def _write_list(path: Path, ids: Sequence[str]) -> None:
+    path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+
+
+def _synth_target(dst: str | os.PathLike[str]) -> Path:
+    dst_p = Path(os.fspath(dst)).expanduser().absolute()
+    if os.path.lexists(dst_p) and not (dst_p.is_dir() and not any(dst_p.iterdir())):
+        raise DatasetError(f"{dst_p} exists and is not empty; the synthetic generator only writes a new folder")
+    return dst_p
+
+
+def synth_la(
+    dst: str | os.PathLike[str],
+    n_train: int = 8,
+    n_test: int = 4,
+    shape: Sequence[int] = (64, 64, 40),
+    seed: int = 0,
+) -> Path:
+    """Write a fake RAW challenge release: ``dst/<id>/lgemri.nrrd`` (uint8), ``dst/<id>/laendo.nrrd`` (uint8
+    {0, 255}), ``dst/train.list`` (first ``n_train`` ids) and ``dst/test.list``. Ids are 20-character upper-case
+    alphanumeric like the real ones; nrrd headers as the real ones (1 mm space directions). Deterministic for a
+    given seed (same NumPy). Returns ``dst``.
+    """
+    shp = _shape3(tuple(shape))
+    for name, v in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise DatasetError(f"{name} must be a non-negative integer, got {v!r}")
+    import nrrd
+
+    dst_p = _synth_target(dst)
+    rng = np.random.default_rng(seed)
+    ids = _synth_ids(rng, n_train + n_test)
+    with atomic_dataset(dst_p) as tmp:
+        for case_id in ids:
+            image, label = _synth_case(rng, shp)
+            (tmp / case_id).mkdir()
+            nrrd.write(str(tmp / case_id / IMAGE_NRRD), image, _nrrd_header(shp))
+            nrrd.write(str(tmp / case_id / LABEL_NRRD), label, _nrrd_header(shp))
+        _write_list(tmp / "train.list", ids[:n_train])
+        _write_list(tmp / "test.list", ids[n_train:])
+    return dst_p
+
+
+def synth_la_h5(
+    dst: str | os.PathLike[str],
+    n_train: int = 8,
+    n_test: int = 4,
+    shape: Sequence[int] = (64, 64, 40),
+    seed: int = 0,
+    write_test: bool = True,
+) -> Path:
+    """Write a fake h5 release: ``dst/2018LA_Seg_Training Set/<id>/mri_norm2.h5`` (``image`` float32 z-scored and
+    cropped exactly as UA-MT does, ``label`` uint8 {0, 1}, gzip-compressed like the real files) plus
+    ``dst/train.list`` / ``dst/test.list``. Same cases as :func:`synth_la` with the same arguments.
+    ``write_test=False`` leaves the test cases out of the folder (as in the shared 24-case subset). Returns ``dst``.
+    """
+    import h5py
+
+    shp = _shape3(tuple(shape))
+    dst_p = _synth_target(dst)
+    rng = np.random.default_rng(seed)
+    ids = _synth_ids(rng, n_train + n_test)
+    with atomic_dataset(dst_p) as tmp:
+        for k, case_id in enumerate(ids):
+            raw_image, raw_label = _synth_case(rng, shp)
+            if k >= n_train and not write_test:
+                continue
+            image, label = preprocess_raw(raw_image, raw_label, case_id)
+            case = tmp / H5_FOLDER / case_id
+            case.mkdir(parents=True)
+            with h5py.File(case / H5_NAME, "w") as f:
+                f.create_dataset("image", data=image, compression="gzip")
+                f.create_dataset("label", data=label, compression="gzip")
+        _write_list(tmp / "train.list", ids[:n_train])
+        _write_list(tmp / "test.list", ids[n_train:])
+    return dst_p
