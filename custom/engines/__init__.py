@@ -1,0 +1,3 @@
+"""Ignite engines of the DyCON workflow."""
+
+from .mean_teacher import MeanTeacherTrainer

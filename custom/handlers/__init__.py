@@ -1,1 +1,5 @@
+"""Ignite handlers of the DyCON workflow."""
+
 from .case_metrics_writer import CaseMetricsHandler, CaseMetricsWriter
+from .ema import TeacherEMAHandler, unwrap
+from .schedules import ScheduleHandler

@@ -1,0 +1,298 @@
+"""The DyCON mean-teacher training iteration as a MONAI / PyTorch-Ignite engine."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.transforms import Transform
+from monai.utils import CommonKeys as Keys
+from ignite.engine import Events
+from ignite.metrics import Metric
+from torch import nn
+from torch.optim import Optimizer
+
+from custom.losses.dycon import DyCONLoss
+from custom.samplers import InfiniteSeededSampler, seed_iteration
+
+__all__ = ["MeanTeacherTrainer"]
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _stream_sampler(loader: Any) -> InfiniteSeededSampler | None:
+    """The :class:`InfiniteSeededSampler` behind a DataLoader, if any."""
+    for candidate in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if isinstance(candidate, InfiniteSeededSampler):
+            return candidate
+    return None
+
+
+def _batch_size(loader: Any) -> int:
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    if size is None:
+        raise ValueError("cannot resume an InfiniteSeededSampler stream: the loader has no batch_size")
+    return int(size)
+
+
+class MeanTeacherTrainer(SupervisedTrainer):
+    """Semi-supervised mean-teacher trainer running the DyCON objective (:class:`custom.losses.DyCONLoss`).
+
+    The labeled loader is the engine's data (``image`` (L, C_in, *spatial), ``label`` (L, 1, *spatial)); the
+    unlabeled loader (``image`` only, (U, C_in, *spatial); a ``label`` key is refused) is drawn from an iterator
+    that restarts when exhausted. One iteration:
+
+    1. student forward on ``cat(labeled, unlabeled)`` -> logits (L+U, C, *spatial) and embeddings (L+U, D, *grid);
+    2. teacher forward (train mode, dropout on) under ``no_grad`` on the same batch plus
+       ``clamp(N(0, noise_std^2), -noise_clip, noise_clip)``;
+    3. ``loss_function(...)`` -> the total and its parts; FeCL patch labels come from the ground truth of the
+       labeled volumes and from the teacher for the unlabeled ones;
+    4. a non-finite loss skips the optimizer step (counted in ``engine.state.skipped_steps``); otherwise backward,
+       gradient clipping to ``grad_clip_norm`` and the optimizer step.
+
+    Without an unlabeled loader it trains supervised only (no teacher forward). The teacher's EMA update, beta
+    and eta are handlers (:class:`custom.handlers.TeacherEMAHandler`, :class:`custom.handlers.ScheduleHandler`)
+    that set ``engine.state.beta`` / ``engine.state.eta`` from the iteration, so a resumed run continues them.
+
+    ``engine.state.output`` holds ``image``, ``label``, ``pred`` (student logits of the labeled part), ``loss``
+    and the parts ``supervised``, ``uncl``, ``fecl``, ``mse``, ``beta``, ``eta`` for StatsHandler / TensorBoard.
+
+    Reproducibility: with ``seed`` set, torch's generators are re-seeded from ``(seed, iteration)`` at every
+    iteration, and loaders built on :class:`custom.samplers.InfiniteSeededSampler` are positioned at the
+    iteration the run (re)starts from, so a run resumed from a checkpoint draws what the uninterrupted run drew.
+
+    Args:
+        device: device to train on.
+        max_epochs: number of epochs; training is iteration based: ``max_epochs * epoch_length`` iterations.
+        train_data_loader: labeled loader.
+        network: the student; needs ``forward_with_embeddings`` when FeCL is on.
+        optimizer: optimizer of the student.
+        loss_function: a :class:`DyCONLoss`.
+        teacher: the teacher (same architecture as the student); required with an unlabeled loader.
+        unlabeled_data_loader: unlabeled loader or None (supervised training).
+        epoch_length: iterations per epoch (required for endless loaders).
+        noise_std, noise_clip: teacher input noise.
+        grad_clip_norm: max gradient norm (None: no clipping).
+        seed: per-iteration seeding (None: off).
+        amp: autocast the forward passes; ``amp_dtype`` "float16" (with a GradScaler on CUDA) or "bfloat16".
+        channels_last: use ``torch.channels_last_3d`` for the inputs (the network should be converted too).
+        other args: as :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        optimizer: Optimizer,
+        loss_function: DyCONLoss,
+        teacher: nn.Module | None = None,
+        unlabeled_data_loader: Iterable | None = None,
+        epoch_length: int | None = None,
+        noise_std: float = 0.1,
+        noise_clip: float = 0.2,
+        grad_clip_norm: float | None = 1.0,
+        seed: int | None = None,
+        amp: bool = False,
+        amp_dtype: str = "float16",
+        channels_last: bool = False,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        decollate: bool = False,
+        optim_set_to_none: bool = True,
+        to_kwargs: dict | None = None,
+    ) -> None:
+        if not isinstance(loss_function, DyCONLoss):
+            raise TypeError(f"loss_function must be a custom.losses.DyCONLoss, got {type(loss_function).__name__}")
+        if unlabeled_data_loader is not None and teacher is None:
+            raise ValueError("a teacher network is required when an unlabeled loader is given")
+        if amp_dtype not in _AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            postprocessing=postprocessing,
+            key_train_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            train_handlers=train_handlers,
+            amp=amp,
+            decollate=decollate,
+            optim_set_to_none=optim_set_to_none,
+            to_kwargs=to_kwargs,
+        )
+        self.teacher = teacher
+        self.unlabeled_data_loader = unlabeled_data_loader
+        self._unlabeled_iter: Iterator | None = None
+        self.noise_std = float(noise_std)
+        self.noise_clip = float(noise_clip)
+        self.grad_clip_norm = grad_clip_norm
+        self.seed = seed
+        self.amp_dtype = _AMP_DTYPES[amp_dtype]
+        self.channels_last = channels_last
+        self.state.skipped_steps = 0
+        self.state_dict_user_keys.append("skipped_steps")
+        if seed is not None:
+            self.add_event_handler(Events.ITERATION_STARTED, self._seed_iteration)
+
+    @property
+    def semi_supervised(self) -> bool:
+        """True when an unlabeled loader is attached (teacher forward, UnCL, FeCL)."""
+        return self.unlabeled_data_loader is not None
+
+    # ------------------------------------------------------------------ set-up
+    def run(self) -> None:  # type: ignore[override]
+        """Train; a GradScaler is used only for float16 autocast on CUDA."""
+        use_scaler = self.amp and self.amp_dtype == torch.float16 and self.state.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        super(SupervisedTrainer.__mro__[1], self).run()  # Workflow.run (Trainer.run would make a cuda scaler)
+
+    def _setup_engine(self) -> None:
+        """Position seeded streams at the iteration this run starts from, then let Ignite create the iterator."""
+        sampler = _stream_sampler(self.data_loader)
+        if sampler is not None:
+            sampler.set_start(self.state.iteration * _batch_size(self.data_loader))
+        self._unlabeled_iter = None
+        super()._setup_engine()
+
+    def _seed_iteration(self, engine: MeanTeacherTrainer) -> None:
+        seed_iteration(int(self.seed), engine.state.iteration)  # type: ignore[arg-type]
+
+    def _next_unlabeled(self) -> dict[str, Any]:
+        loader = self.unlabeled_data_loader
+        if self._unlabeled_iter is None:
+            sampler = _stream_sampler(loader)
+            if sampler is not None:
+                sampler.set_start((self.state.iteration - 1) * _batch_size(loader))
+            self._unlabeled_iter = iter(loader)  # type: ignore[arg-type]
+        try:
+            batch = next(self._unlabeled_iter)
+        except StopIteration:  # a finite loader: start a new pass (re-shuffled by the loader)
+            self._unlabeled_iter = iter(loader)  # type: ignore[arg-type]
+            try:
+                batch = next(self._unlabeled_iter)
+            except StopIteration:
+                raise RuntimeError("the unlabeled data loader yields no batch") from None
+        if not isinstance(batch, dict) or Keys.IMAGE not in batch:
+            raise ValueError("unlabeled batches must be dictionaries with an 'image' key")
+        if Keys.LABEL in batch:
+            raise ValueError(
+                "unlabeled batches must not carry a 'label': the labels of unlabeled cases are never loaded "
+                "(check the unlabeled datalist and transforms)"
+            )
+        return batch
+
+    # --------------------------------------------------------------- iteration
+    def _forward(self, net: nn.Module, x: torch.Tensor, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not embeddings:
+            return net(x), None
+        fwd = getattr(net, "forward_with_embeddings", None)
+        if fwd is None:
+            raise TypeError(
+                f"{type(net).__name__} has no forward_with_embeddings: FeCL needs embeddings (use custom.networks.UNet3D "
+                "or wrap a backbone with custom.networks.EmbeddingNet), or set fecl_weight to 0"
+            )
+        return fwd(x)
+
+    def _iteration(self, engine: MeanTeacherTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        x_lab, y_lab = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        x = x_lab
+        if engine.semi_supervised:
+            unl = engine._next_unlabeled()
+            x_unl = unl[Keys.IMAGE].to(engine.state.device, non_blocking=engine.non_blocking)
+            x = torch.cat([torch.as_tensor(x_lab), torch.as_tensor(x_unl)], 0)
+        x = torch.as_tensor(x)
+        y = torch.as_tensor(y_lab)
+        if engine.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        loss_fn: DyCONLoss = engine.loss_function
+        embeddings = engine.semi_supervised and loss_fn.needs_embeddings
+        beta = float(getattr(engine.state, "beta", math.nan))
+        eta = getattr(engine.state, "eta", None)
+        if engine.semi_supervised and math.isnan(beta) and loss_fn.uncl_weight != 0:
+            raise RuntimeError("engine.state.beta is not set: attach a custom.handlers.ScheduleHandler for 'beta'")
+
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        autocast = torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=bool(engine.amp))
+        with autocast:
+            s_logits, s_emb = engine._forward(engine.network, x, embeddings)
+            t_logits = t_emb = None
+            if engine.semi_supervised:
+                engine.teacher.train()  # type: ignore[union-attr]
+                with torch.no_grad():
+                    noise = torch.clamp(torch.randn_like(x) * engine.noise_std, -engine.noise_clip, engine.noise_clip)
+                    t_logits, t_emb = engine._forward(engine.teacher, x + noise, embeddings)  # type: ignore[arg-type]
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        # the losses run in float32 (softmax / entropy / logsumexp are precision sensitive)
+        parts = loss_fn(
+            s_logits.float(),
+            y,
+            None if t_logits is None else t_logits.float(),
+            beta=beta if not math.isnan(beta) else 0.0,
+            eta=None if eta is None else float(eta),
+            student_embeddings=None if s_emb is None else s_emb.float(),
+            teacher_embeddings=None if t_emb is None else t_emb.float(),
+            step=engine.state.iteration - 1,
+        )
+        loss = parts["loss"]
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if torch.isfinite(loss):
+            if engine.scaler is not None:
+                engine.scaler.scale(loss).backward()
+                engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+                if engine.grad_clip_norm is not None:
+                    engine.scaler.unscale_(engine.optimizer)
+                    torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+            else:
+                loss.backward()
+                engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+                if engine.grad_clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+                engine.optimizer.step()
+        else:
+            engine.state.skipped_steps += 1
+            engine.optimizer.zero_grad(set_to_none=True)
+            logger.warning(
+                "iteration %d: non-finite loss (%s), optimizer step skipped (%d skipped so far)",
+                engine.state.iteration, {k: float(v) for k, v in parts.items()}, engine.state.skipped_steps,
+            )
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+
+        n_lab = y.shape[0]
+        engine.state.output = {
+            Keys.IMAGE: x_lab,
+            Keys.LABEL: y_lab,
+            Keys.PRED: s_logits[:n_lab].detach(),
+            Keys.LOSS: loss.detach(),
+            **{k: v for k, v in parts.items() if k != "loss"},
+            "beta": torch.tensor(beta if not math.isnan(beta) else 0.0),
+            "eta": torch.tensor(loss_fn.eta if eta is None else float(eta)),
+        }
+        return engine.state.output
