@@ -1,6 +1,7 @@
 """Networks for DyCON: the released 3D U-Net, the FeCL projection head and a wrapper for any MONAI backbone."""
 
 from custom.networks.projection import EmbeddingNet, ProjectionHead
+from custom.networks.teacher import make_teacher
 from custom.networks.unet3d import UNet3D
 
-__all__ = ["UNet3D", "ProjectionHead", "EmbeddingNet"]
+__all__ = ["UNet3D", "ProjectionHead", "EmbeddingNet", "make_teacher"]
