@@ -2,6 +2,7 @@
 
     dycon prepare la --src DIR --dst DIR [--labeled N | --fraction F] [--random --seed S] [--val N]
     dycon synth la --dst DIR
+    dycon demo [--workdir demo_output] [--source auto|real|synthetic] [--iterations 60]
 
 Every sub-command imports its implementation lazily, so ``dycon --help`` stays fast.
 """
@@ -44,6 +45,12 @@ class DyconCLI:
     def __init__(self) -> None:
         self.prepare = Prepare()
         self.synth = Synth()
+
+    def demo(self, workdir: str = "demo_output", source: str = "auto", iterations: int = 60, **kwargs: Any) -> None:
+        """Prepare a small LA dataset (real cases when present, else synthetic), train, evaluate and infer."""
+        from custom.demo import run_demo
+
+        run_demo(workdir=workdir, source=source, iterations=iterations, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> None:
