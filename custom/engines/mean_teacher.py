@@ -206,6 +206,15 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     # --------------------------------------------------------------- iteration
     def _forward(self, net: nn.Module, x: torch.Tensor, embeddings: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and (if asked) embeddings. A DistributedDataParallel network is always called through its own
+        ``forward`` (wrap the network in :class:`custom.networks.EmbeddingForward` first: it returns both)."""
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            out = net(x)
+            if isinstance(out, (tuple, list)):
+                return out[0], (out[1] if embeddings else None)
+            if embeddings:
+                raise TypeError("FeCL under DDP needs DDP(custom.networks.EmbeddingForward(net))")
+            return out, None
         if not embeddings:
             return net(x), None
         fwd = getattr(net, "forward_with_embeddings", None)

@@ -12,8 +12,17 @@ __all__ = ["TeacherEMAHandler", "unwrap"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DataParallel / DistributedDataParallel wrapper (or the module itself)."""
-    return getattr(module, "module", module)
+    """The network inside DataParallel / DistributedDataParallel and :class:`custom.networks.EmbeddingForward`
+    wrappers (or the module itself)."""
+    from custom.networks.embedding_forward import EmbeddingForward
+
+    while True:
+        if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif isinstance(module, EmbeddingForward):
+            module = module.net
+        else:
+            return module
 
 
 class TeacherEMAHandler:

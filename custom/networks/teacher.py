@@ -10,12 +10,14 @@ __all__ = ["make_teacher"]
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
-    """A deep copy of ``student`` (unwrapped from DDP if needed) with ``requires_grad`` off on every parameter.
+    """A deep copy of ``student`` (unwrapped from DDP / EmbeddingForward if needed) with ``requires_grad`` off on every parameter.
 
     Args:
         student: the student network (any ``nn.Module``, e.g. :class:`custom.networks.UNet3D`).
     """
-    teacher = copy.deepcopy(getattr(student, "module", student))
+    from custom.handlers.ema import unwrap
+
+    teacher = copy.deepcopy(unwrap(student))
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
