@@ -182,19 +182,23 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
     def _next_unlabeled(self) -> dict[str, Any]:
         loader = self.unlabeled_data_loader
-        if self._unlabeled_iter is None:
-            sampler = _stream_sampler(loader)
-            if sampler is not None:
-                sampler.set_start((self.state.iteration - 1) * _batch_size(loader))
-            self._unlabeled_iter = iter(loader)  # type: ignore[arg-type]
-        try:
-            batch = next(self._unlabeled_iter)
-        except StopIteration:  # a finite loader: start a new pass (re-shuffled by the loader)
-            self._unlabeled_iter = iter(loader)  # type: ignore[arg-type]
+        # this runs inside the seeded iteration, and iter(DataLoader) draws a base seed from torch's global
+        # generator: fetch on a fork of it, so dropout and teacher noise do not depend on whether the iterator was
+        # (re)created here (e.g. on the first iteration after resuming from a checkpoint)
+        with torch.random.fork_rng(devices=[]):
+            if self._unlabeled_iter is None:
+                sampler = _stream_sampler(loader)
+                if sampler is not None:
+                    sampler.set_start((self.state.iteration - 1) * _batch_size(loader))
+                self._unlabeled_iter = iter(loader)  # type: ignore[arg-type]
             try:
                 batch = next(self._unlabeled_iter)
-            except StopIteration:
-                raise RuntimeError("the unlabeled data loader yields no batch") from None
+            except StopIteration:  # a finite loader: start a new pass (re-shuffled by the loader)
+                self._unlabeled_iter = iter(loader)  # type: ignore[arg-type]
+                try:
+                    batch = next(self._unlabeled_iter)
+                except StopIteration:
+                    raise RuntimeError("the unlabeled data loader yields no batch") from None
         if not isinstance(batch, dict) or Keys.IMAGE not in batch:
             raise ValueError("unlabeled batches must be dictionaries with an 'image' key")
         if Keys.LABEL in batch:
