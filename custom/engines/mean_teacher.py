@@ -251,6 +251,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        # running statistics (BatchNorm) before the forward pass, restored if this step turns out non-finite
+        saved_buffers = [(b, b.detach().clone()) for b in engine.network.buffers() if b.is_floating_point()]
         autocast = torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=bool(engine.amp))
         with autocast:
             s_logits, s_emb = engine._forward(engine.network, x, embeddings)
@@ -292,9 +294,13 @@ class MeanTeacherTrainer(SupervisedTrainer):
         else:
             engine.state.skipped_steps += 1
             engine.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for buf, before in saved_buffers:
+                    buf.copy_(before)
             logger.warning(
-                "iteration %d: non-finite loss (%s), optimizer step skipped (%d skipped so far)",
-                engine.state.iteration, {k: float(v) for k, v in parts.items()}, engine.state.skipped_steps,
+                "iteration %d: non-finite loss (%s), optimizer step and running-statistics update skipped "
+                "(%d skipped so far)",
+                engine.state.iteration, {k: float(v.detach()) for k, v in parts.items()}, engine.state.skipped_steps,
             )
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 
