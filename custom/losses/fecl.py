@@ -172,10 +172,9 @@ class FeCLLoss(_Loss):
             neg_term = torch.logaddexp(sim, log_hard)
         neg_logits = (log_w_neg + neg_term).masked_fill(~neg, _LOG_ZERO)
         log_neg = torch.logsumexp(neg_logits, dim=2, keepdim=True)  # (B, N, 1)
-        log_d = torch.logaddexp(sim, log_neg)
-
+        # log D_ik - S_ik = log(1 + exp(log_neg_i - S_ik))
         n_pos = pos.sum(dim=2)
-        per_pair = (w_pos * (log_d - sim)).masked_fill(~pos, 0.0)
+        per_pair = (w_pos * torch.nn.functional.softplus(log_neg - sim)).masked_fill(~pos, 0.0)
         anchors = n_pos > 0
         per_anchor = per_pair.sum(dim=2) / n_pos.clamp_min(1)
         if not bool(anchors.any()):
