@@ -1,0 +1,593 @@
+"""End-to-end tests of the LA bundle (bundles/dycon_la) through ``python -m monai.bundle`` exactly as a user types it.
+
+* synthetic raw-layout data (``dycon synth la`` -> ``python -m custom prepare la``): train, evaluate, infer, TorchScript
+  export, ``verify_net_in_out``, ``ConfigWorkflow.check_properties()``, exact resumption, and the geometry of the
+  inference outputs for non-RAS (LPS-like, permuted-axes, anisotropic) inputs;
+* a few REAL cases of ``<repo>/../shared/data/LA_h5`` (skipped when absent): prepare, train (no validation list: the
+  final model is kept), evaluate, infer.
+
+Everything is written under pytest's tmp dirs (``--output_dir`` / ``--ckpt_dir`` / ``--ckpt_path`` are always
+overridden); ``test_bundle_folder_untouched`` checks nothing landed in ``bundles/dycon_la``. The network is shrunk
+(``--network_def#features [4,8,16,32,64]`` ...) and patches are small so that the whole file stays fast on a CPU;
+data preparation and training run once per dataset (module-scoped fixtures).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from custom.data.la import H5_FOLDER, synth_la
+from custom.metrics import dice as dice_of
+from custom.metrics import iou as iou_of
+from custom.networks import UNet3D
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE_REL = "bundles/dycon_la"  # as typed from the repository root (the subprocesses run there)
+BUNDLE = REPO / BUNDLE_REL
+TRAIN = f"{BUNDLE_REL}/configs/train.yaml"
+EVALUATE = f"{BUNDLE_REL}/configs/evaluate.yaml"
+INFERENCE = f"{BUNDLE_REL}/configs/inference.yaml"
+METADATA = f"{BUNDLE_REL}/configs/metadata.json"
+LOGGING = f"{BUNDLE_REL}/configs/logging.conf"
+REAL_LA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "LA_h5"
+
+SMALL_NET = {"features": [4, 8, 16, 32, 64], "embed_dim": 16, "proj_hidden": 32}
+NET_ARGS = [
+    "--network_def#features", "[4,8,16,32,64]",
+    "--network_def#embed_dim", "16",
+    "--network_def#proj_hidden", "32",
+]  # fmt: skip
+PATCH = "[32,32,32]"
+METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
+SYNTH_SHAPE = (48, 48, 32)
+TRAIN_ITERS = 4
+VAL_INTERVAL = 2
+
+ENV = {
+    **os.environ,
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def run(*args: str, log: Path | None = None, timeout: int = 600) -> str:
+    """``python <args>`` from the repository root; fails the test (with the output's tail) on a non-zero status.
+    Returns stdout + stderr (also written to ``log``)."""
+    cmd = [sys.executable, *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if log is not None:
+        log.write_text(out)
+    if proc.returncode != 0:
+        pytest.fail(f"exit status {proc.returncode}: {' '.join(cmd)}\n--- output tail ---\n{out[-6000:]}")
+    return out
+
+
+def bundle_train(dataset_dir: Path, out: Path, *extra: str, max_iterations: int = TRAIN_ITERS, log: Path) -> str:
+    return run(
+        "-m", "monai.bundle", "run",
+        "--bundle_root", BUNDLE_REL,
+        "--config_file", TRAIN,
+        "--dataset_dir", dataset_dir,
+        "--output_dir", out / "eval",
+        "--ckpt_dir", out / "models",
+        "--max_iterations", str(max_iterations),
+        "--val_interval", str(VAL_INTERVAL),
+        "--patch_size", PATCH,
+        "--labeled_batch_size", "1",
+        "--unlabeled_batch_size", "1",
+        "--num_workers", "0",
+        *NET_ARGS, *extra,
+        log=log,
+    )  # fmt: skip
+
+
+def bundle_evaluate(dataset_dir: Path, out: Path, *extra: str, log: Path) -> str:
+    return run(
+        "-m", "monai.bundle", "run",
+        "--bundle_root", BUNDLE_REL,
+        "--config_file", f"['{TRAIN}','{EVALUATE}']",
+        "--dataset_dir", dataset_dir,
+        "--output_dir", out / "eval",
+        "--ckpt_dir", out / "models",
+        "--patch_size", PATCH,
+        "--num_workers", "0",
+        *NET_ARGS, *extra,
+        log=log,
+    )  # fmt: skip
+
+
+def bundle_infer(input_path: Path, pred_dir: Path, ckpt: Path, *extra: str, log: Path) -> str:
+    return run(
+        "-m", "monai.bundle", "run",
+        "--bundle_root", BUNDLE_REL,
+        "--config_file", INFERENCE,
+        "--input_path", input_path,
+        "--output_dir", pred_dir,
+        "--ckpt_path", ckpt,
+        "--patch_size", PATCH,
+        "--num_workers", "0",
+        "--save_probabilities", "true",
+        *NET_ARGS, *extra,
+        log=log,
+    )  # fmt: skip
+
+
+def case_name(path: str | Path) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def small_net() -> UNet3D:
+    return UNet3D(**SMALL_NET)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_model_pt(path: Path) -> None:
+    """model.pt is a plain state dict of the (small) UNet3D: loads with strict=True."""
+    assert path.is_file(), f"{path} was not written"
+    state = load_weights(path)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    small_net().load_state_dict(state, strict=True)
+
+
+def check_training_checkpoint(folder: Path, iterations: int) -> Path:
+    files = sorted(folder.glob("*.pt"))
+    assert files, f"no training checkpoint in {folder}"
+    latest = max(files, key=lambda p: p.stat().st_mtime_ns)
+    ckpt = load_weights(latest)
+    assert {"network", "teacher", "optimizer", "trainer"} <= set(ckpt)
+    assert ckpt["trainer"]["iteration"] == iterations
+    for key in ("network", "teacher"):
+        small_net().load_state_dict(ckpt[key], strict=True)
+    return latest
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def as_float(v: object) -> float:
+    return float("nan") if v is None else float(v)  # JSON null / "nan" -> NaN
+
+
+def check_metric_values(name: str, values: list[float]) -> None:
+    for v in values:
+        if name in ("dice", "iou"):
+            assert 0.0 <= v <= 1.0, f"{name} = {v} outside [0, 1]"
+        else:
+            assert math.isnan(v) or v >= 0.0, f"{name} = {v} negative"
+
+
+def check_evaluation(dataset_dir: Path, eval_dir: Path) -> None:
+    """metrics_per_case.csv (one row per test case), metrics_summary.json (mean/std per metric), predictions in
+    the label's geometry; dice/iou of the CSV agree with the saved prediction and the label."""
+    test = json.loads((dataset_dir / "datalist.json").read_text())["test"]
+    assert test, "the prepared dataset has no test case"
+    images = {case_name(e["image"]): dataset_dir / e["image"] for e in test}
+    labels = {case_name(e["image"]): dataset_dir / e["label"] for e in test}
+
+    rows = read_csv(eval_dir / "metrics_per_case.csv")
+    assert len(rows) == len(test)
+    assert set(rows[0]) >= set(METRICS)
+    assert sorted(case_name(r["filename"]) for r in rows) == sorted(images)
+    for m in METRICS:
+        check_metric_values(m, [float(r[m]) for r in rows])
+
+    summary = json.loads((eval_dir / "metrics_summary.json").read_text())
+    assert summary["num_cases"] == len(test)
+    for m in METRICS:
+        stats = summary["metrics"][m]
+        assert {"mean", "std"} <= set(stats), f"{m}: {stats}"
+        mean, std = as_float(stats["mean"]), as_float(stats["std"])
+        check_metric_values(m, [mean])
+        assert math.isnan(std) or std >= 0.0
+        column = np.array([float(r[m]) for r in rows])
+        if not np.isnan(column).all():
+            assert mean == pytest.approx(float(np.nanmean(column)), rel=1e-4, abs=1e-6)
+
+    for r in rows:
+        cid = case_name(r["filename"])
+        pred_path = eval_dir / "predictions" / f"{cid}_seg.nii.gz"
+        assert pred_path.is_file(), f"missing {pred_path}"
+        pred, label, image = nib.load(pred_path), nib.load(labels[cid]), nib.load(images[cid])
+        assert pred.shape == label.shape == image.shape
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        p, lab = np.asarray(pred.dataobj), np.asarray(label.dataobj)
+        assert set(np.unique(p).tolist()) <= {0, 1}
+        assert float(r["dice"]) == pytest.approx(dice_of(p, lab), abs=1e-5)
+        assert float(r["iou"]) == pytest.approx(iou_of(p, lab), abs=1e-5)
+
+
+def check_prediction(image_path: Path, pred_dir: Path, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``<name>_seg`` (uint8 {0, 1}) and ``<name>_prob`` (float in [0, 1]) have the input's shape and affine;
+    returns (seg, prob) arrays."""
+    name = case_name(image_path)
+    image = nib.load(image_path)
+    seg_path = pred_dir / f"{name}_seg.nii.gz"
+    assert seg_path.is_file(), f"missing {seg_path}"
+    seg_img = nib.load(seg_path)
+    assert seg_img.shape == image.shape, f"{name}: seg shape {seg_img.shape} != input {image.shape}"
+    np.testing.assert_allclose(seg_img.affine, image.affine, atol=1e-5, err_msg=f"{name}: seg affine")
+    assert seg_img.get_data_dtype() == np.uint8
+    seg = np.asarray(seg_img.dataobj)
+    assert set(np.unique(seg).tolist()) <= {0, 1}
+    if not probabilities:
+        return seg, np.empty(0)
+    prob_path = pred_dir / f"{name}_prob.nii.gz"
+    assert prob_path.is_file(), f"missing {prob_path}"
+    prob_img = nib.load(prob_path)
+    assert prob_img.shape == image.shape
+    np.testing.assert_allclose(prob_img.affine, image.affine, atol=1e-5, err_msg=f"{name}: prob affine")
+    prob = np.asarray(prob_img.dataobj, dtype=np.float64)
+    assert np.isfinite(prob).all() and prob.min() >= 0.0 and prob.max() <= 1.0
+    # same voxel grid for both outputs: a foreground voxel of the mask has a foreground probability > 0.5
+    if seg.any():
+        assert prob[seg == 1].min() > 0.5 - 1e-5
+    return seg, prob
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bundle_folder_snapshot():
+    """The files below bundles/dycon_la/{eval,models} before this module ran (the bundle's default outputs)."""
+
+    def snapshot() -> set[str]:
+        return {
+            str(p.relative_to(BUNDLE))
+            for sub in ("eval", "models")
+            for p in (BUNDLE / sub).rglob("*")
+            if "__pycache__" not in p.parts
+        }
+
+    before = snapshot()
+    yield snapshot, before
+
+
+@dataclass
+class Run:
+    root: Path
+    dataset: Path  # prepared dataset (datalist.json, images/, labels/)
+    out: Path  # out/eval (= --output_dir), out/models (= --ckpt_dir)
+    train_log: str
+
+    @property
+    def model(self) -> Path:
+        return self.out / "models" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Synthetic raw challenge release (4 train + 2 test) -> ``python -m custom prepare la --labeled 2 --val 1``
+    -> 4 training iterations with a validation every 2."""
+    root = tmp_path_factory.mktemp("la_synth")
+    raw = synth_la(root / "raw", n_train=4, n_test=2, shape=SYNTH_SHAPE, seed=0)
+    prep = root / "prep"
+    run("-m", "custom", "prepare", "la", "--src", raw, "--dst", prep, "--labeled", "2", "--val", "1")
+    out = root / "out"
+    log = bundle_train(prep, out, log=root / "train.log")
+    return Run(root, prep, out, log)
+
+
+@pytest.fixture(scope="module")
+def synth_eval(synth: Run) -> str:
+    return bundle_evaluate(synth.dataset, synth.out, log=synth.root / "evaluate.log")
+
+
+@pytest.fixture(scope="module")
+def synth_pred(synth: Run) -> Path:
+    pred = synth.root / "pred"
+    bundle_infer(synth.dataset / "images", pred, synth.model, log=synth.root / "infer.log")
+    return pred
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """6 real cases (symlinked, 4 training + 2 test ids) -> prepare (2 labeled, 2 unlabeled, no validation)
+    -> 2 training iterations (no validation list: the final model is model.pt)."""
+    cases = REAL_LA / H5_FOLDER
+    if not cases.is_dir():
+        pytest.skip(f"real LA h5 data not found at {REAL_LA}")
+    listed = [s.strip() for s in (REAL_LA / "train.list").read_text().split() if s.strip()]
+    present = [c for c in listed if (cases / c / "mri_norm2.h5").is_file()]
+    if len(present) < 6:
+        pytest.skip(f"need 6 real LA cases in {cases}, found {len(present)}")
+    ids = present[:6]
+    root = tmp_path_factory.mktemp("la_real")
+    src = root / "src"
+    (src / H5_FOLDER).mkdir(parents=True)
+    for c in ids:
+        (src / H5_FOLDER / c).symlink_to(cases / c, target_is_directory=True)
+    (src / "train.list").write_text("\n".join(ids[:4]) + "\n")
+    (src / "test.list").write_text("\n".join(ids[4:]) + "\n")
+    prep = root / "prep"
+    run("-m", "custom", "prepare", "la", "--src", src, "--dst", prep, "--labeled", "2")
+    out = root / "out"
+    log = bundle_train(prep, out, max_iterations=2, log=root / "train.log")
+    return Run(root, prep, out, log)
+
+
+# ------------------------------------------------------------------------------------------- synthetic data
+
+
+def test_synth_prepared_datalist(synth: Run):
+    dl = json.loads((synth.dataset / "datalist.json").read_text())
+    assert [len(dl[k]) for k in ("training", "unlabeled", "validation", "test")] == [2, 1, 1, 2]
+
+
+def test_synth_train(synth: Run):
+    check_model_pt(synth.model)  # best validation Dice (there is a validation list)
+    check_training_checkpoint(synth.out / "eval" / "checkpoints", iterations=TRAIN_ITERS)
+    assert "val_mean_dice" in synth.train_log
+    assert "Engine run finished" in synth.train_log
+
+
+def test_synth_evaluate(synth: Run, synth_eval: str):
+    check_evaluation(synth.dataset, synth.out / "eval")
+    assert f"Restored all variables from {synth.model}" in synth_eval
+
+
+def test_synth_infer(synth: Run, synth_pred: Path):
+    inputs = sorted((synth.dataset / "images").glob("*.nii.gz"))
+    assert len(inputs) == 6
+    assert sorted(p.name for p in synth_pred.glob("*_seg.nii.gz")) == sorted(
+        f"{case_name(p)}_seg.nii.gz" for p in inputs
+    )
+    assert len(list(synth_pred.glob("*_prob.nii.gz"))) == len(inputs)
+    for p in inputs:
+        check_prediction(p, synth_pred)
+
+
+def _flip_xy(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Affine of ``data[::-1, ::-1, :]`` that keeps every voxel at the same world position (LPS-like axes)."""
+    f = np.diag([-1.0, -1.0, 1.0, 1.0])
+    f[0, 3], f[1, 3] = shape[0] - 1, shape[1] - 1
+    return affine @ f
+
+
+def _permute(affine: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """Affine of ``data.transpose(order)`` that keeps every voxel at the same world position."""
+    p = np.zeros((4, 4))
+    for new_axis, old_axis in enumerate(order):
+        p[old_axis, new_axis] = 1.0
+    p[3, 3] = 1.0
+    return affine @ p
+
+
+def test_synth_infer_non_ras_geometry(synth: Run, synth_pred: Path):
+    """Inputs in other orientations / spacings: masks and probabilities come back in each input's own geometry
+    (same shape and affine). The flipped and permuted copies describe the same physical image as the reference,
+    so after the bundle's RAS reorientation the network sees the same array: their outputs must be the reference
+    outputs, flipped / transposed back."""
+    ref_path = sorted((synth.dataset / "images").glob("*.nii.gz"))[0]
+    ref = nib.load(ref_path)
+    data = np.asarray(ref.dataobj, dtype=np.float32)
+    ref_seg, ref_prob = check_prediction(ref_path, synth_pred)
+
+    folder = synth.root / "non_ras"
+    folder.mkdir()
+    lps_affine = _flip_xy(ref.affine, data.shape)
+    lps_affine[:3, 3] += (12.5, -30.0, 7.25)  # a different origin on top of the flip
+    variants = {
+        "lps": (np.ascontiguousarray(data[::-1, ::-1, :]), lps_affine),
+        "permuted": (np.ascontiguousarray(data.transpose(2, 0, 1)), _permute(ref.affine, (2, 0, 1))),
+        "aniso": (data, np.array([[0.7, 0, 0, -20.0], [0, 0.7, 0, 5.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])),
+    }
+    for name, (arr, aff) in variants.items():
+        nib.save(nib.Nifti1Image(arr, aff), folder / f"{name}.nii.gz")
+    axcodes = {name: nib.aff2axcodes(nib.load(folder / f"{name}.nii.gz").affine) for name in variants}
+    assert axcodes == {"lps": ("L", "P", "S"), "permuted": ("S", "R", "A"), "aniso": ("R", "A", "S")}
+
+    pred = synth.root / "pred_non_ras"
+    bundle_infer(folder, pred, synth.model, log=synth.root / "infer_non_ras.log")
+    outputs = {name: check_prediction(folder / f"{name}.nii.gz", pred) for name in variants}
+
+    # the shifted origin of the LPS copy moves it in space, not the array that the network sees
+    np.testing.assert_array_equal(outputs["lps"][0], ref_seg[::-1, ::-1, :])
+    np.testing.assert_allclose(outputs["lps"][1], ref_prob[::-1, ::-1, :], atol=1e-5)
+    np.testing.assert_array_equal(outputs["permuted"][0], ref_seg.transpose(2, 0, 1))
+    np.testing.assert_allclose(outputs["permuted"][1], ref_prob.transpose(2, 0, 1), atol=1e-5)
+    np.testing.assert_array_equal(outputs["aniso"][0], ref_seg)  # spacing is not resampled
+    np.testing.assert_allclose(outputs["aniso"][1], ref_prob, atol=1e-5)
+
+
+def test_synth_resume_is_exact(synth: Run):
+    """An interrupted run (stopped after its first epoch of 2 iterations) resumed with ``--resume true`` continues
+    from its checkpoint and ends with the very weights of the uninterrupted 4-iteration run."""
+    out = synth.root / "resume"
+    first = bundle_train(synth.dataset, out, "--train#trainer#max_epochs", "1", log=synth.root / "resume1.log")
+    assert "Epoch: 1/1, Iter: 2/2" in first
+    ckpts = out / "eval" / "checkpoints"
+    assert [p.name for p in ckpts.glob("*.pt")] == ["checkpoint_epoch=1.pt"]
+    check_training_checkpoint(ckpts, iterations=VAL_INTERVAL)
+
+    second = bundle_train(synth.dataset, out, "--resume", "true", log=synth.root / "resume2.log")
+    assert f"Restored all variables from {ckpts / 'checkpoint_epoch=1.pt'}" in second
+    assert "Epoch: 1/2, Iter:" not in second  # the first epoch is not trained again
+    assert "Epoch: 2/2, Iter: 2/2" in second
+    assert "Engine run finished" in second
+    final = check_training_checkpoint(ckpts, iterations=TRAIN_ITERS)
+    assert final.name == "checkpoint_epoch=2.pt"
+    check_model_pt(out / "models" / "model.pt")
+
+    resumed = load_weights(final)
+    straight = load_weights(synth.out / "eval" / "checkpoints" / "checkpoint_epoch=2.pt")
+    for key in ("network", "teacher"):
+        assert resumed[key].keys() == straight[key].keys()
+        for name in straight[key]:
+            torch.testing.assert_close(resumed[key][name], straight[key][name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_verify_net_in_out():
+    """The network of inference.yaml (default size) against metadata.json's network_data_format. ``--n 2``: the
+    metadata's "16*n" with the default n=1 means a 16^3 input, whose 1x1x1 bottleneck InstanceNorm rejects."""
+    out = run(
+        "-m", "monai.bundle", "verify_net_in_out", "network_def",
+        "--meta_file", METADATA,
+        "--config_file", INFERENCE,
+        "--bundle_root", BUNDLE_REL,
+        "--device", "cpu",
+        "--n", "2",
+    )  # fmt: skip
+    assert "data shape of network is verified with no error" in out
+
+
+def test_ckpt_export_torchscript(synth: Run):
+    ts_path = synth.root / "export" / "model.ts"
+    ts_path.parent.mkdir()
+    run(
+        "-m", "monai.bundle", "ckpt_export", "network_def",
+        "--filepath", ts_path,
+        "--ckpt_file", synth.model,
+        "--meta_file", METADATA,
+        "--config_file", INFERENCE,
+        "--bundle_root", BUNDLE_REL,
+        "--key_in_ckpt", "",
+        *NET_ARGS,
+    )  # fmt: skip
+    assert ts_path.is_file()
+    from monai.data import load_net_with_metadata
+
+    scripted, meta, extra = load_net_with_metadata(ts_path, more_extra_files=("inference.json",))
+    assert meta["version"] == json.loads((REPO / METADATA).read_text())["version"]
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "custom.networks.UNet3D"
+
+    eager = small_net()
+    eager.load_state_dict(load_weights(synth.model), strict=True)
+    eager.eval()
+    scripted.eval()
+    x = torch.randn(1, 1, 32, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager(x), rtol=1e-4, atol=1e-5)
+        (ts_logits, ts_emb), (logits, emb) = scripted.forward_with_embeddings(x), eager.forward_with_embeddings(x)
+    torch.testing.assert_close(ts_logits, logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ts_emb, emb, rtol=1e-4, atol=1e-5)
+    assert ts_emb.shape == (1, SMALL_NET["embed_dim"], 4, 4, 6)
+
+
+@pytest.fixture
+def restore_logging():
+    """ConfigWorkflow(logging_file=...) reconfigures the root logger (stdout handler, INFO): undo it."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("workflow_type", ["train", "infer"])
+def test_check_properties(workflow_type: str, synth: Run, tmp_path: Path, restore_logging):
+    from monai.bundle import ConfigWorkflow
+    from monai.utils import set_determinism
+
+    config = {"train": TRAIN, "infer": INFERENCE}[workflow_type]
+    overrides = {
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(synth.dataset),
+        "output_dir": str(tmp_path / "eval"),
+        "num_workers": 0,
+        "device": "$torch.device('cpu')",
+    }
+    if workflow_type == "train":
+        overrides["ckpt_dir"] = str(tmp_path / "models")
+    else:
+        overrides["ckpt_path"] = str(synth.model)
+    workflow = ConfigWorkflow(
+        workflow_type=workflow_type,
+        config_file=str(REPO / config),
+        meta_file=str(REPO / METADATA),
+        logging_file=str(REPO / LOGGING),
+        **overrides,
+    )
+    try:
+        workflow.initialize()
+        missing = workflow.check_properties()
+        assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
+        assert workflow.dataset_dir == str(synth.dataset)
+        assert workflow.bundle_root == str(BUNDLE)
+        if workflow_type == "train":
+            assert workflow.max_epochs == -(-20000 // 200)  # the config's defaults: 20000 iterations, val every 200
+            assert len(workflow.train_dataset) == 2
+        else:
+            assert len(workflow.dataset) == 2  # the datalist's test list
+    finally:
+        set_determinism(seed=None)  # initialize() seeded the global RNGs of this process
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+
+def test_real_prepared_datalist(real: Run):
+    dl = json.loads((real.dataset / "datalist.json").read_text())
+    assert [len(dl.get(k) or []) for k in ("training", "unlabeled", "validation", "test")] == [2, 2, 0, 2]
+    shape = nib.load(real.dataset / dl["test"][0]["image"]).shape
+    assert len(shape) == 3 and shape[2] == 88 and min(shape) >= 80  # real volumes, not the synthetic ones
+
+
+def test_real_train(real: Run):
+    check_model_pt(real.model)  # no validation list: the final student
+    assert "saved final checkpoint" in real.train_log
+    check_training_checkpoint(real.out / "eval" / "checkpoints", iterations=2)
+
+
+def test_real_evaluate(real: Run):
+    # big windows (one in z) and little overlap keep the sliding window over ~190x145x88 volumes fast
+    log = bundle_evaluate(
+        real.dataset, real.out, "--patch_size", "[96,96,96]", "--sw_overlap", "0.25", log=real.root / "evaluate.log"
+    )
+    assert f"Restored all variables from {real.model}" in log
+    check_evaluation(real.dataset, real.out / "eval")
+
+
+def test_real_infer_single_file(real: Run):
+    test = json.loads((real.dataset / "datalist.json").read_text())["test"]
+    image = real.dataset / test[0]["image"]
+    pred = real.root / "pred"
+    bundle_infer(
+        image, pred, real.model, "--patch_size", "[96,96,96]", "--sw_overlap", "0.25", log=real.root / "infer.log"
+    )
+    assert sorted(p.name for p in pred.iterdir()) == sorted(
+        [f"{case_name(image)}_seg.nii.gz", f"{case_name(image)}_prob.nii.gz"]
+    )
+    check_prediction(image, pred)
+
+
+# --------------------------------------------------------------------------------------------------- hygiene
+
+
+def test_bundle_folder_untouched(bundle_folder_snapshot):
+    """No run of this module wrote into the repository's bundle (eval/ and models/ are the default outputs)."""
+    snapshot, before = bundle_folder_snapshot
+    assert snapshot() == before
