@@ -1,7 +1,7 @@
 """The ``dycon`` command line (also ``python -m custom``), built with fire.
 
-    dycon prepare la --src DIR --dst DIR [--labeled N | --fraction F] [--random --seed S] [--val N]
-    dycon synth la --dst DIR
+    dycon prepare {la,brats19,pancreas,isles22} --src DIR --dst DIR [--labeled N | --fraction F] [--random --seed S]
+    dycon synth {la,brats19,pancreas,isles22} --dst DIR
     dycon demo [--workdir demo_output] [--source auto|real|synthetic] [--iterations 60]
 
 Every sub-command imports its implementation lazily, so ``dycon --help`` stays fast.
@@ -28,6 +28,24 @@ class Prepare:
 
         return str(prepare_la(src, dst, **kwargs))
 
+    def brats19(self, src: str, dst: str, **kwargs: Any) -> str:
+        """BraTS 2019: raw ``MICCAI_BraTS_2019_Data_Training/{HGG,LGG}`` NIfTI -> whole-tumour NIfTI + datalist.json."""
+        from custom.data.brats19 import prepare_brats19
+
+        return str(prepare_brats19(src, dst, **kwargs))
+
+    def pancreas(self, src: str, dst: str, **kwargs: Any) -> str:
+        """Pancreas-NIH: TCIA DICOM series + NIfTI labels (or the preprocessed h5) -> NIfTI + datalist.json."""
+        from custom.data.pancreas import prepare_pancreas
+
+        return str(prepare_pancreas(src, dst, **kwargs))
+
+    def isles22(self, src: str, dst: str, **kwargs: Any) -> str:
+        """ISLES 2022: BIDS release (nested or flat) -> DWI (+ ADC) NIfTI + datalist.json for one fold."""
+        from custom.data.isles22 import prepare_isles22
+
+        return str(prepare_isles22(src, dst, **kwargs))
+
 
 class Synth:
     """Write a small fake dataset in the exact raw layout of a public release (tests, demo)."""
@@ -37,6 +55,24 @@ class Synth:
         from custom.data.la import synth_la
 
         return str(synth_la(dst, **kwargs))
+
+    def brats19(self, dst: str, **kwargs: Any) -> str:
+        """Fake BraTS 2019 training release: ``{HGG,LGG}/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``."""
+        from custom.data.brats19 import synth_brats19
+
+        return str(synth_brats19(dst, **kwargs))
+
+    def pancreas(self, dst: str, **kwargs: Any) -> str:
+        """Fake TCIA Pancreas-CT release: DICOM series per case + ``TCIA_pancreas_labels-02-05-2017``."""
+        from custom.data.pancreas import synth_pancreas
+
+        return str(synth_pancreas(dst, **kwargs))
+
+    def isles22(self, dst: str, **kwargs: Any) -> str:
+        """Fake ISLES 2022 BIDS release (``--layout nested | flat``)."""
+        from custom.data.isles22 import synth_isles22
+
+        return str(synth_isles22(dst, **kwargs))
 
 
 class DyconCLI:
