@@ -1,0 +1,520 @@
+"""BraTS 2019 preparation (custom.data.brats19): synthetic raw release, CLI, FLAIR and 4-channel outputs, geometry,
+normalisation, splits, idempotency, errors."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.ndimage import binary_dilation
+
+from custom.data.brats19 import (
+    CHANNELS_ALL,
+    MODALITIES,
+    RELEASE_FOLDER,
+    default_synth_ids,
+    find_release,
+    likely_grade,
+    official_splits,
+    prepare_brats19,
+    synth_brats19,
+)
+from custom.data.datalist import DatasetError, assert_disjoint, read_datalist, read_id_list
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_SPLITS = REPO.parent / "shared" / "data" / "splits" / "BraTS2019"
+SHAPE = (40, 36, 28)  # tiny and with three different sizes, so a transposition cannot go unnoticed
+KINDS = (*MODALITIES, "seg")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _nii(path: Path):
+    img = nib.load(str(path))
+    return img, np.asarray(img.dataobj)
+
+
+def _case_dir(src: Path, case_id: str) -> Path:
+    hits = list((src / RELEASE_FOLDER).glob(f"*/{case_id}"))
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+def _raw(src: Path, case_id: str, kind: str):
+    return _nii(_case_dir(src, case_id) / f"{case_id}_{kind}.nii.gz")
+
+
+def _present(src: Path) -> set[str]:
+    return {p.name for p in (src / RELEASE_FOLDER).glob("*/*") if p.is_dir()}
+
+
+def _lists() -> dict[str, list[str]]:
+    return official_splits()[0]
+
+
+def _raw_brain(src: Path, case_id: str) -> np.ndarray:
+    return np.any([_raw(src, case_id, m)[1] != 0 for m in MODALITIES], axis=0)
+
+
+def _bbox(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    nz = np.nonzero(mask)
+    return [int(a.min()) for a in nz], [int(a.max()) + 1 for a in nz]
+
+
+def _expected_channel(raw: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Reference implementation: clip at the 99.9th percentile of brain voxels, z-score over brain, 0 outside."""
+    x = raw.astype(np.float64)
+    x = np.minimum(x, np.percentile(x[brain], 99.9))
+    out = (x - x[brain].mean()) / x[brain].std()
+    out[~brain] = 0
+    return out.astype(np.float32)
+
+
+def _save_like(path: Path, array: np.ndarray, like: Path, dtype=None) -> None:
+    ref = nib.load(str(like))
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype or ref.get_data_dtype()), ref.affine)
+    img.set_qform(ref.affine, code=1)
+    nib.save(img, str(path))
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only synthetic release: the default 6 ids (4 of train.txt, 1 of val.txt, 1 of test.txt)."""
+    return synth_brats19(tmp_path_factory.mktemp("brats") / "raw", shape=SHAPE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def flair(release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_brats19(release, tmp_path_factory.mktemp("out") / "flair", labeled=2).parent
+
+
+@pytest.fixture(scope="module")
+def four(release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_brats19(release, tmp_path_factory.mktemp("out") / "all", labeled=2, modalities="all").parent
+
+
+@pytest.fixture()
+def raw_copy(release: Path, tmp_path: Path) -> Path:
+    """A writable copy of the synthetic release (to corrupt)."""
+    return Path(shutil.copytree(release, tmp_path / "rawsrc"))
+
+
+def _all_ids(dl: dict) -> list[str]:
+    return [e["id"] for k in ("training", "unlabeled", "validation", "test") for e in dl[k]]
+
+
+# ----------------------------------------------------------------------------------------------- split lists
+
+
+def test_package_split_lists():
+    lists, origin = official_splits()
+    assert "package data" in origin
+    assert [len(lists[k]) for k in ("training", "validation", "test")] == [250, 25, 60]
+    ids = lists["training"] + lists["validation"] + lists["test"]
+    assert len(set(ids)) == 335 and all(i.startswith("BraTS19_") for i in ids)
+    if SHARED_SPLITS.is_dir():  # identical to the shared official lists
+        for key, name in (("training", "train.txt"), ("validation", "val.txt"), ("test", "test.txt")):
+            assert lists[key] == read_id_list(SHARED_SPLITS / name)
+
+
+# ------------------------------------------------------------------------------------------------- synthetic
+
+
+def test_synth_layout_and_headers(release: Path):
+    ids = default_synth_ids(4, 2)
+    lists = _lists()
+    assert [i for i in ids if i in lists["training"]] == list(ids)[:4]
+    assert sum(i in lists["validation"] for i in ids) == 1 and sum(i in lists["test"] for i in ids) == 1
+    assert sorted(ids.values()).count("LGG") == 2
+    root = release / RELEASE_FOLDER
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["HGG", "LGG"]
+    assert (root / "name_mapping.csv").is_file()
+    for case_id, grade in ids.items():
+        case = root / grade / case_id
+        assert sorted(p.name for p in case.iterdir()) == sorted(f"{case_id}_{k}.nii.gz" for k in KINDS)
+        images = {}
+        for kind in KINDS:
+            img, data = _nii(case / f"{case_id}_{kind}.nii.gz")
+            assert data.dtype == np.int16 and img.get_data_dtype() == np.int16 and data.shape == SHAPE
+            expected = np.diag([-1.0, -1.0, 1.0, 1.0])
+            expected[1, 3] = SHAPE[1] - 1
+            np.testing.assert_allclose(img.affine, expected)  # LPS-like, 1 mm, like the real files
+            assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 0
+            images[kind] = data
+        seg = images.pop("seg")
+        assert set(np.unique(seg).tolist()) == {0, 1, 2, 4}  # no label 3
+        brain = images["flair"] != 0
+        for mod in MODALITIES:  # zero background outside the brain, non-zero inside
+            np.testing.assert_array_equal(images[mod] != 0, brain)
+        assert not brain[0].any() and not brain[-1].any() and not brain[:, 0].any() and not brain[:, :, -1].any()
+        assert (seg[~brain] == 0).all()
+        # nested: enhancing (4) inside the core (1 or 4), core inside the whole tumour
+        core, whole = np.isin(seg, (1, 4)), seg > 0
+        assert (core[binary_dilation(seg == 4)]).all()
+        assert (whole[binary_dilation(core)]).all()
+        # MRI-like contrasts: edema bright in FLAIR and T2, enhancing bright in T1ce
+        assert images["flair"][seg == 2].mean() > 1.5 * images["flair"][brain & (seg == 0)].mean()
+        assert images["t2"][seg == 2].mean() > images["t2"][brain & (seg == 0)].mean()
+        assert images["t1ce"][seg == 4].mean() > 1.2 * images["t1"][seg == 4].mean()
+
+
+def test_synth_deterministic_and_ids(tmp_path: Path, tree_checksums):
+    a = synth_brats19(tmp_path / "a", n_hgg=1, n_lgg=1, shape=(20, 20, 16), seed=3)
+    b = synth_brats19(tmp_path / "b", n_hgg=1, n_lgg=1, shape=(20, 20, 16), seed=3)
+    c = synth_brats19(tmp_path / "c", n_hgg=1, n_lgg=1, shape=(20, 20, 16), seed=4)
+    assert tree_checksums(a) == tree_checksums(b) != tree_checksums(c)
+    with pytest.raises(DatasetError, match="not empty"):
+        synth_brats19(a)
+    d = synth_brats19(tmp_path / "d", shape=(20, 20, 16), ids={"BraTS19_CBICA_ASA_1": "HGG", "X_1": "LGG"})
+    assert (d / RELEASE_FOLDER / "LGG" / "X_1" / "X_1_seg.nii.gz").is_file()
+    assert likely_grade("BraTS19_TCIA10_346_1") == "LGG" and likely_grade("BraTS19_CBICA_ASA_1") == "HGG"
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_prepare(release: Path, tmp_path: Path):
+    dst = tmp_path / "BraTS"
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom", "prepare", "brats19", "--src", str(release), "--dst", str(dst),
+         "--labeled", "2"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(dst / "datalist.json")
+    assert time.perf_counter() - t0 < 60
+    dl = read_datalist(dst)
+    lists, present = _lists(), _present(release)
+    train = [i for i in lists["training"] if i in present]
+    assert [e["id"] for e in dl["training"]] == train[:2]
+    assert [e["id"] for e in dl["unlabeled"]] == train[2:]
+    assert [e["id"] for e in dl["validation"]] == [i for i in lists["validation"] if i in present]
+    assert [e["id"] for e in dl["test"]] == [i for i in lists["test"] if i in present]
+    assert "246 of 250 train.txt ids are not in" in proc.stderr
+
+
+def test_cli_error_is_one_line_exit_2(release: Path, tmp_path: Path, leftovers):
+    dst = tmp_path / "BraTS"
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom", "prepare", "brats19", "--src", str(release), "--dst", str(dst),
+         "--labeled", "2", "--modalities", "t1"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "dycon: error: modalities must be 'flair'" in proc.stderr
+    assert leftovers(dst) == []
+
+
+# --------------------------------------------------------------------------------------------------- datalist
+
+
+def test_datalist_splits(flair: Path, release: Path):
+    dl = read_datalist(flair)
+    assert set(dl) == {"training", "unlabeled", "validation", "test", "dycon"}
+    assert_disjoint(dl)
+    lists, present = _lists(), _present(release)
+    train = [i for i in lists["training"] if i in present]
+    assert len(train) == 4
+    assert [e["id"] for e in dl["training"]] == train[:2]
+    assert [e["id"] for e in dl["unlabeled"]] == train[2:]
+    assert all(set(e) == {"image", "id"} for e in dl["unlabeled"])  # no label in unlabeled entries
+    for key in ("training", "validation", "test"):
+        assert all(set(e) == {"image", "label", "id"} for e in dl[key])
+    val = [e["id"] for e in dl["validation"]]
+    test = [e["id"] for e in dl["test"]]
+    assert val and set(val) <= set(lists["validation"]) and val == [i for i in lists["validation"] if i in present]
+    assert test and set(test) <= set(lists["test"]) and test == [i for i in lists["test"] if i in present]
+    assert not set(test) & set(lists["training"] + lists["validation"])  # test never in train or val
+    meta = dl["dycon"]
+    assert meta["dataset"] == "BraTS2019" and meta["channels"] == ["flair"] and meta["in_channels"] == 1
+    assert meta["counts"] == {"training": 2, "unlabeled": 2, "validation": 1, "test": 1}
+    assert meta["labeled_ids"] == train[:2] and meta["validation_ids"] == val
+    assert len(meta["missing"]["training"]) == 246 and len(meta["missing"]["validation"]) == 24
+    assert len(meta["missing"]["test"]) == 59 and meta["unlisted"] == []
+    assert meta["arguments"]["modalities"] == "flair" and meta["arguments"]["labeled"] == 2
+    assert meta["source"]["grades"] == {"HGG": 4, "LGG": 2}
+    assert sorted(meta["cases"]) == sorted(_all_ids(dl))
+    assert "any of the four modalities" in meta["brain_mask"] and "0 after normalisation" in meta["outside_brain"]
+    for e in dl["unlabeled"]:  # label files exist on disk (pseudo-label evaluation) but are not referenced
+        assert (flair / f"labels/{e['id']}.nii.gz").is_file()
+
+
+def test_monai_loads_both_modes(flair: Path, four: Path):
+    from monai.transforms import LoadImaged
+
+    from custom.data.loaders import load_split
+
+    load = LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True)
+    for root, channels in ((flair, 1), (four, 4)):
+        items = load_split(root / "datalist.json", "training")
+        out = load(items[0])
+        assert out["image"].shape[0] == channels and out["label"].shape[0] == 1
+        assert out["image"].shape[1:] == out["label"].shape[1:]
+        np.testing.assert_allclose(np.asarray(out["image"].affine), np.asarray(out["label"].affine))
+
+
+# ------------------------------------------------------------------------------------- contents and geometry
+
+
+def test_flair_contents(flair: Path, release: Path):
+    dl = read_datalist(flair)
+    for case_id in _all_ids(dl):
+        raw_img, raw_flair = _raw(release, case_id, "flair")
+        _, raw_seg = _raw(release, case_id, "seg")
+        img, image = _nii(flair / f"images/{case_id}.nii.gz")
+        lab, label = _nii(flair / f"labels/{case_id}.nii.gz")
+        assert image.dtype == np.float32 and img.get_data_dtype() == np.float32 and image.ndim == 3
+        assert label.dtype == np.uint8 and lab.get_data_dtype() == np.uint8
+        assert set(np.unique(label).tolist()) == {0, 1}
+        brain = _raw_brain(release, case_id)
+        start, stop = _bbox(brain)
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        # no transposition: the crop has the bbox extents in the raw axis order
+        assert image.shape == label.shape == tuple(b - a for a, b in zip(start, stop))
+        assert image.shape != raw_flair.shape  # it really crops
+        # whole tumour: 1, 2, 4 -> 1, nothing lost by the crop; the brain is kept whole
+        np.testing.assert_array_equal(label, (raw_seg[box] > 0).astype(np.uint8))
+        assert int(label.sum()) == int((raw_seg > 0).sum())
+        assert int(brain[box].sum()) == int(brain.sum())
+        # clip + z-score over the brain, 0 outside
+        np.testing.assert_allclose(image, _expected_channel(raw_flair[box], brain[box]), atol=1e-5)
+        b = brain[box]
+        assert abs(float(image[b].mean())) < 1e-4 and abs(float(image[b].std()) - 1) < 1e-4
+        assert (image[~b] == 0).all()
+        m = dl["dycon"]["cases"][case_id]  # the 99.9th percentile clip: the top voxels share the maximum
+        assert m["clip"][0] == pytest.approx(np.percentile(raw_flair[brain], 99.9))
+        assert m["clip"][0] < raw_flair.max()
+        assert image[b].max() == pytest.approx((m["clip"][0] - m["mean"][0]) / m["std"][0], abs=1e-5)
+        assert int((image[b] >= image[b].max() - 1e-6).sum()) >= 2
+        # same world space: a voxel of the crop maps to the world point of the raw voxel it came from
+        np.testing.assert_allclose(lab.affine, img.affine)
+        for ijk in ([0, 0, 0], [3, 5, 7], [s - 1 for s in image.shape]):
+            raw_ijk = np.add(ijk, start)
+            np.testing.assert_allclose(nib.affines.apply_affine(img.affine, ijk),
+                                       nib.affines.apply_affine(raw_img.affine, raw_ijk))
+            assert image[tuple(ijk)] == _expected_channel(raw_flair[box], brain[box])[tuple(ijk)]
+        np.testing.assert_allclose(img.affine[:3, :3], raw_img.affine[:3, :3])  # no axis permutation / flip
+        assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+        meta = dl["dycon"]["cases"][case_id]
+        assert meta["crop_start"] == start and meta["crop_stop"] == stop
+        assert meta["source_shape"] == list(raw_flair.shape)
+
+
+def test_all_modalities_channels(four: Path, flair: Path, release: Path):
+    dl = read_datalist(four)
+    assert dl["dycon"]["channels"] == list(CHANNELS_ALL) == ["flair", "t1", "t1ce", "t2"]
+    assert dl["dycon"]["in_channels"] == 4 and dl["dycon"]["modalities"] == "all"
+    assert _all_ids(dl) == _all_ids(read_datalist(flair))
+    for case_id in _all_ids(dl):
+        img, image = _nii(four / f"images/{case_id}.nii.gz")
+        _, label = _nii(four / f"labels/{case_id}.nii.gz")
+        f_img, f_image = _nii(flair / f"images/{case_id}.nii.gz")
+        assert image.dtype == np.float32 and image.shape == (*label.shape, 4)
+        np.testing.assert_allclose(img.affine, f_img.affine)  # the same crop in both modes
+        np.testing.assert_array_equal(image[..., 0], f_image)  # channel 0 is FLAIR
+        brain = _raw_brain(release, case_id)
+        start, stop = _bbox(brain)
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        for c, mod in enumerate(CHANNELS_ALL):
+            _, raw = _raw(release, case_id, mod)
+            np.testing.assert_allclose(image[..., c], _expected_channel(raw[box], brain[box]), atol=1e-5)
+            assert abs(float(image[..., c][brain[box]].mean())) < 1e-4
+            assert abs(float(image[..., c][brain[box]].std()) - 1) < 1e-4
+        # the channels differ (t1ce enhancement is not in t1, ...): the order is not scrambled
+        assert not np.allclose(image[..., 1], image[..., 2])
+        np.testing.assert_array_equal(label, _nii(flair / f"labels/{case_id}.nii.gz")[1])
+
+
+# ------------------------------------------------------------------------------------------------ idempotency
+
+
+def test_idempotent_rerun_and_overwrite(release: Path, tmp_path: Path, tree_checksums, leftovers, capsys):
+    dst = tmp_path / "BraTS"
+    prepare_brats19(release, dst, labeled=1)
+    first = tree_checksums(dst)
+    assert prepare_brats19(release, dst, labeled=1) == dst / "datalist.json"  # same arguments: no-op
+    assert "nothing to do" in capsys.readouterr().err
+    assert tree_checksums(dst) == first
+    prepare_brats19(release, dst, labeled=1, overwrite=True)  # rebuilt: byte-identical
+    assert tree_checksums(dst) == first
+    other = prepare_brats19(release, tmp_path / "other", labeled=1).parent
+    assert tree_checksums(other) == first  # no timestamp, no dst path in the datalist
+    with pytest.raises(DatasetError, match="other arguments"):
+        prepare_brats19(release, dst, labeled=1, modalities="all")
+    assert tree_checksums(dst) == first
+    prepare_brats19(release, dst, labeled=3, overwrite=True)
+    assert read_datalist(dst)["dycon"]["counts"]["training"] == 3
+    assert leftovers(dst) == ["BraTS"]
+
+
+# ----------------------------------------------------------------------------------------------- src layouts
+
+
+def test_src_variants_case_insensitive(raw_copy: Path, tmp_path: Path, flair: Path, tree_checksums):
+    """src = the release folder itself, lower-case grade folders, upper-case / uncompressed file names."""
+    root = raw_copy / RELEASE_FOLDER
+    (root / "HGG").rename(root / "hgg")
+    case_id = read_datalist(flair)["training"][0]["id"]
+    case = next(root.glob(f"*/{case_id}"))
+    flair_gz = case / f"{case_id}_flair.nii.gz"
+    (case / f"{case_id}_FLAIR.nii").write_bytes(gzip.decompress(flair_gz.read_bytes()))
+    flair_gz.unlink()
+    (case / f"{case_id}_seg.nii.gz").rename(case / f"{case_id}_Seg.NII.GZ")
+    out = prepare_brats19(root, tmp_path / "a", labeled=2).parent
+    ref = tree_checksums(flair)
+    got = tree_checksums(out)
+    assert {k: v for k, v in got.items() if k != "datalist.json"} == {k: v for k, v in ref.items()
+                                                                      if k != "datalist.json"}
+    assert find_release(raw_copy).case_root == root
+    # a folder that holds HGG/LGG directly, under another name
+    moved = tmp_path / "mine"
+    root.rename(moved)
+    assert find_release(moved).case_root == moved
+
+
+def test_missing_and_unlisted_cases_reported(raw_copy: Path, tmp_path: Path, capsys):
+    lists = _lists()
+    present = _present(raw_copy)
+    train = [i for i in lists["training"] if i in present]
+    shutil.rmtree(_case_dir(raw_copy, train[1]))  # a train.txt case absent from the release
+    extra = synth_brats19(tmp_path / "extra", shape=(20, 20, 16), ids={"BraTS19_FAKE_001_1": "HGG"})
+    shutil.copytree(extra / RELEASE_FOLDER / "HGG" / "BraTS19_FAKE_001_1",
+                    raw_copy / RELEASE_FOLDER / "HGG" / "BraTS19_FAKE_001_1")
+    dl = read_datalist(prepare_brats19(raw_copy, tmp_path / "BraTS", labeled=2))
+    assert [e["id"] for e in dl["training"]] == [train[0], train[2]]  # first 2 PRESENT ids
+    assert train[1] in dl["dycon"]["missing"]["training"] and len(dl["dycon"]["missing"]["training"]) == 247
+    assert dl["dycon"]["unlisted"] == ["BraTS19_FAKE_001_1"]
+    assert "BraTS19_FAKE_001_1" not in _all_ids(dl)
+    err = capsys.readouterr().err
+    assert "247 of 250 train.txt ids are not in" in err
+    assert "1 case(s) in" in err and "in no split list" in err and "BraTS19_FAKE_001_1" in err
+
+
+def test_splits_override_and_empty_test(release: Path, tmp_path: Path):
+    present = sorted(_present(release))
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("\n".join(present[:4]) + "\n")
+    (splits / "val.txt").write_text(present[4] + "\n")
+    (splits / "test.txt").write_text("NOT_THERE_1\n")
+    with pytest.warns(UserWarning, match="'test' is empty"):
+        dl = read_datalist(prepare_brats19(release, tmp_path / "BraTS", labeled=1, splits=splits))
+    assert [e["id"] for e in dl["training"]] == present[:1]
+    assert [e["id"] for e in dl["validation"]] == [present[4]] and dl["test"] == []
+    assert dl["dycon"]["missing"]["test"] == ["NOT_THERE_1"] and dl["dycon"]["unlisted"] == [present[5]]
+    assert dl["dycon"]["splits"]["origin"] == str(splits)
+    (splits / "test.txt").write_text(present[0] + "\n")
+    with pytest.raises(DatasetError, match="split lists overlap"):
+        prepare_brats19(release, tmp_path / "B2", labeled=1, splits=splits)
+
+
+def test_default_labeled_and_fraction(tmp_path: Path, release: Path, leftovers):
+    with pytest.raises(DatasetError, match="25 labeled cases asked but only 4"):
+        prepare_brats19(release, tmp_path / "a")
+    assert leftovers(tmp_path / "a") == []
+    dl = read_datalist(prepare_brats19(release, tmp_path / "b", fraction=0.5))
+    assert len(dl["training"]) == 2 and len(dl["unlabeled"]) == 2
+    dl = read_datalist(prepare_brats19(release, tmp_path / "c", labeled=2, random=True, seed=7))
+    assert len(dl["training"]) == 2 and "seeded random draw (seed 7)" in dl["dycon"]["labeled_rule"]
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def _first_train(src: Path) -> str:
+    present = _present(src)
+    return next(i for i in _lists()["training"] if i in present)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message", "which"),
+    [
+        ("label3", "label values [3] outside {0, 1, 2, 4}", "seg"),
+        ("missing", "missing t1ce file", "t1ce"),
+        ("nan", "NaN/Inf voxel", "flair"),
+        ("shape", "image shape", "t2"),
+        ("affine", "affine differs from the segmentation's", "t1"),
+        ("garbage", "cannot read NIfTI file", "flair"),
+        ("outside", "tumour voxel(s) lie outside the brain bounding box", "seg"),
+    ],
+)
+def test_errors_leave_no_dst(raw_copy: Path, tmp_path: Path, leftovers, corrupt, message, which):
+    case_id = _first_train(raw_copy)
+    case = _case_dir(raw_copy, case_id)
+    path = case / f"{case_id}_{which}.nii.gz"
+    seg_path = case / f"{case_id}_seg.nii.gz"
+    _, data = _nii(path)
+    if corrupt == "label3":
+        data = data.copy()
+        data[data == 1] = 3
+        _save_like(path, data, seg_path)
+    elif corrupt == "missing":
+        path.unlink()
+    elif corrupt == "nan":
+        data = data.astype(np.float32)
+        data[tuple(s // 2 for s in data.shape)] = np.nan
+        _save_like(path, data, path, dtype=np.float32)
+    elif corrupt == "shape":
+        _save_like(path, data[:, :, :-1], path)
+    elif corrupt == "affine":
+        img = nib.load(str(path))
+        aff = img.affine.copy()
+        aff[0, 3] += 5.0
+        new = nib.Nifti1Image(data, None)
+        new.set_qform(aff, code=1)
+        nib.save(new, str(path))
+    elif corrupt == "garbage":
+        path.write_bytes(os.urandom(2048))
+    elif corrupt == "outside":
+        data = data.copy()
+        data[0, 0, 0] = 2  # a tumour voxel in the zero background corner
+        _save_like(path, data, path)
+    dst = tmp_path / "BraTS"
+    with pytest.raises(DatasetError) as err:
+        prepare_brats19(raw_copy, dst, labeled=2)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)  # names the file
+    assert leftovers(dst) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labeled": 5}, "5 labeled cases asked but only 4"),
+        ({"labeled": 2, "fraction": 0.5}, "not both"),
+        ({"labeled": 2, "modalities": "t1"}, "modalities must be 'flair'"),
+        ({"labeled": 0}, "labeled must be >= 1"),
+        ({"labeled": 1, "splits": "/nonexistent/splits"}, "splits folder"),
+    ],
+)
+def test_argument_errors_leave_no_dst(release: Path, tmp_path: Path, leftovers, kwargs, message):
+    dst = tmp_path / "BraTS"
+    with pytest.raises(DatasetError) as err:
+        prepare_brats19(release, dst, **kwargs)
+    assert message in str(err.value)
+    assert leftovers(dst) == []
+
+
+def test_missing_src_and_dst_inside_src(tmp_path: Path, raw_copy: Path, leftovers):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare_brats19(tmp_path / "nope", tmp_path / "BraTS", labeled=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no BraTS 2019 release found"):
+        prepare_brats19(tmp_path / "empty", tmp_path / "BraTS", labeled=1)
+    assert leftovers(tmp_path / "BraTS") == []
+    with pytest.raises(DatasetError, match="must be outside src"):
+        prepare_brats19(raw_copy, raw_copy / "prepared", labeled=1)
+    assert leftovers(raw_copy / "prepared") == []
