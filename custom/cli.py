@@ -92,7 +92,7 @@ class DyconCLI:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dycon`` console script."""
     try:
-        fire.Fire(DyconCLI, command=argv, name="dycon")
+        fire.Fire(DyconCLI(), command=argv, name="dycon")
     except (CLIError, FileNotFoundError, ValueError) as err:
         print(f"dycon: error: {err}", file=sys.stderr)
         sys.exit(2)

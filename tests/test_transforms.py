@@ -1,0 +1,66 @@
+"""custom.transforms: the chains every bundle uses."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Invertd
+
+from custom.transforms import augmentation, inference_transforms, training_transforms
+
+
+def _write(path, array, affine):
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return str(path)
+
+
+@pytest.fixture()
+def case(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(5.0, 2.0, (40, 36, 20)).astype(np.float32)
+    label = np.zeros((40, 36, 20), np.uint8)
+    label[10:20, 8:16, 5:12] = 1
+    affine = np.diag([-0.8, -0.8, 2.0, 1.0])  # LPS-like: Orientationd must flip it to RAS
+    return {"image": _write(tmp_path / "img.nii.gz", image, affine), "label": _write(tmp_path / "lab.nii.gz", label, affine)}
+
+
+def test_training_chain_shapes_and_zscore(case):
+    out = training_transforms([16, 16, 16])(dict(case))
+    assert out["image"].shape == (1, 16, 16, 16) and out["label"].shape == (1, 16, 16, 16)
+    assert out["image"].dtype == torch.float32
+    full = inference_transforms()({"image": case["image"]})["image"]
+    assert abs(float(full.mean())) < 1e-4 and abs(float(full.std()) - 1.0) < 1e-3
+
+
+def test_unlabeled_chain_never_loads_a_label(case):
+    out = training_transforms([16, 16, 16], labeled=False, crop="pos_neg")({"image": case["image"]})
+    assert set(k for k in out if not k.endswith("_transforms")) == {"image"}
+
+
+def test_pos_neg_crop_centres_on_foreground(case):
+    chain = training_transforms([8, 8, 8], crop="pos_neg", pos_neg=(1.0, 0.0))
+    for seed in range(5):
+        chain.set_random_state(seed=seed)
+        out = chain(dict(case))
+        out = out[0] if isinstance(out, list) else out
+        assert out["label"].sum() > 0  # every crop holds foreground when neg = 0
+
+
+def test_rot90_only_for_square_patches():
+    names = [type(t).__name__ for t in augmentation([16, 16, 8])]
+    assert "RandRotate90d" in names
+    names = [type(t).__name__ for t in augmentation([16, 24, 8])]
+    assert "RandRotate90d" not in names
+    with pytest.raises(ValueError):
+        augmentation([16, 16, 16], crop="center")
+
+
+def test_inference_chain_inverts_to_input_geometry(case):
+    chain = inference_transforms()
+    data = chain({"image": case["image"]})
+    np.testing.assert_allclose(np.diag(data["image"].affine.numpy())[:3], [0.8, 0.8, 2.0], rtol=1e-6)  # RAS inside
+    data["pred"] = data["image"].clone()
+    back = Invertd(keys="pred", transform=chain, orig_keys="image")(data)["pred"]
+    original = nib.load(case["image"])
+    assert tuple(back.shape[1:]) == original.shape
+    np.testing.assert_allclose(back.affine.numpy(), original.affine, atol=1e-6)
