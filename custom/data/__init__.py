@@ -1,6 +1,22 @@
-"""Data preparation from the public releases, datalists and the loaders the bundles use."""
+"""Data preparation from the public releases, datalists and the loaders the bundles use.
+
+The loaders (torch / MONAI) are imported on first use, so ``dycon prepare`` / ``dycon synth`` start quickly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from custom.data.datalist import DatasetError
-from custom.data.loaders import inference_inputs, load_split, stream_loader
 
 __all__ = ["DatasetError", "inference_inputs", "load_split", "stream_loader"]
+
+_LAZY = {"inference_inputs", "load_split", "stream_loader"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from custom.data import loaders
+
+        return getattr(loaders, name)
+    raise AttributeError(f"module 'custom.data' has no attribute {name!r}")
