@@ -1,0 +1,289 @@
+"""End-to-end tests of the Pancreas-NIH bundle (bundles/dycon_pancreas) through ``python -m monai.bundle``.
+
+A synthetic raw TCIA release (``custom.data.pancreas.synth_pancreas``: DICOM series + NIfTI labels of 4 train.list
+cases, PANCREAS_0001-0004, and 2 test.list cases, PANCREAS_0063-0064) is prepared with the CLI (``python -m custom
+prepare pancreas --labeled 2``: 1 mm, window, x/y crop around the label, z-score; no validation list, the
+Pancreas default). Then:
+
+* train (4 iterations; no validation list, so model.pt is the final student) -> evaluate (on test.list: one CSV
+  row per test case, metrics in range, predictions in the label's geometry) -> infer (masks and probabilities with
+  the input's shape and affine, values {0, 1}, the same masks as the evaluation);
+* ``verify_net_in_out``, TorchScript export, ``ConfigWorkflow.check_properties()`` for train and inference, the
+  configs' defaults (96^3 patch, 4 + 4 batch, whole-volume z-score, largest component) and the released code's
+  112x112x96 patch as an option.
+
+The network is shrunk and patches are 32^3 (the shared helpers of ``bundle_utils``); every output goes to pytest's
+tmp dirs, and ``test_bundle_folder_untouched`` checks that nothing landed in ``bundles/dycon_pancreas``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_utils import (
+    REPO,
+    SMALL_NET,
+    TRAIN_ITERS,
+    Bundle,
+    case_name,
+    check_evaluation,
+    check_model_pt,
+    check_prediction,
+    check_training_checkpoint,
+    load_weights,
+    run,
+    small_net,
+)
+
+from custom.data.pancreas import read_split_lists, synth_pancreas
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:builtin type (SwigPy|swigvarlink):DeprecationWarning"),  # ITK's SWIG
+    pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader:UserWarning"),  # MONAI import, no GPU codec here
+    pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated"),  # load_net_with_metadata (TorchScript)
+]
+
+PANCREAS = Bundle("dycon_pancreas")
+SYNTH_SHAPE = (48, 48, 16)  # (columns, rows, slices) of the DICOM series; ~1 mm after preparation: ~40x40x16-32
+N_TRAIN, N_TEST = 4, 2  # the head of train.list / test.list
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bundle_folder_snapshot():
+    """The files below bundles/dycon_pancreas/{eval,models} before this module ran (the bundle's default outputs)."""
+    before = PANCREAS.output_snapshot()
+    yield PANCREAS.output_snapshot, before
+
+
+@pytest.fixture(scope="module")
+def split_ids() -> dict[str, list[str]]:
+    train, test, _, _ = read_split_lists()
+    return {"train": train[:N_TRAIN], "test": test[:N_TEST]}
+
+
+@dataclass
+class Run:
+    root: Path
+    raw: Path  # synthetic raw TCIA release
+    dataset: Path  # prepared dataset (datalist.json, images/, labels/)
+    out: Path  # out/eval (= --output_dir), out/models (= --ckpt_dir)
+    train_log: str
+
+    @property
+    def model(self) -> Path:
+        return self.out / "models" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Synthetic raw release -> ``python -m custom prepare pancreas --labeled 2`` -> 4 training iterations."""
+    root = tmp_path_factory.mktemp("pancreas_synth")
+    raw = synth_pancreas(root / "raw", n_train=N_TRAIN, n_test=N_TEST, shape=SYNTH_SHAPE, seed=0)
+    prep = root / "prep"
+    run("-m", "custom", "prepare", "pancreas", "--src", raw, "--dst", prep, "--labeled", "2")
+    out = root / "out"
+    log = PANCREAS.train(prep, out, log=root / "train.log")
+    return Run(root, raw, prep, out, log)
+
+
+@pytest.fixture(scope="module")
+def synth_eval(synth: Run) -> str:
+    return PANCREAS.evaluate(synth.dataset, synth.out, log=synth.root / "evaluate.log")
+
+
+@pytest.fixture(scope="module")
+def synth_pred(synth: Run) -> Path:
+    """Inference on the prepared datalist.json (its test list)."""
+    pred = synth.root / "pred"
+    PANCREAS.infer(synth.dataset / "datalist.json", pred, synth.model, log=synth.root / "infer.log")
+    return pred
+
+
+def _datalist(r: Run) -> dict:
+    return json.loads((r.dataset / "datalist.json").read_text())
+
+
+def _ids(entries: list[dict]) -> list[str]:
+    return [case_name(e["image"]) for e in entries]
+
+
+# -------------------------------------------------------------------------------------------------- configs
+
+
+def test_config_defaults():
+    """The Pancreas settings of the configs, read with MONAI's parser (nothing is instantiated)."""
+    from monai.bundle import ConfigParser
+
+    for name in ("train_yaml", "inference_yaml"):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / getattr(PANCREAS, name)))
+        assert parser["dataset_dir"] == "/workspace/data/Pancreas"
+        assert parser["patch_size"] == [96, 96, 96]
+        assert parser["in_channels"] == 1
+        assert parser["normalize_nonzero"] is False  # CT: whole-volume z-score
+        assert parser["network_def"]["in_channels"] == "@in_channels"
+    parser = ConfigParser()
+    parser.read_config(str(REPO / PANCREAS.inference_yaml))
+    assert parser["keep_largest_component"] is True
+    parser = ConfigParser()
+    parser.read_config(str(REPO / PANCREAS.train_yaml))
+    assert (parser["labeled_batch_size"], parser["unlabeled_batch_size"]) == (4, 4)
+    assert (parser["max_iterations"], parser["val_interval"]) == (20000, 200)
+    assert "'validation'" in parser["validate"]["dataset"]["data"]  # never the test list during training
+    assert "'test'" not in json.dumps(parser.get())
+    parser.read_config([str(REPO / PANCREAS.train_yaml), str(REPO / PANCREAS.evaluate_yaml)])
+    assert "'test'" in parser["validate#dataset#data"]  # evaluate.yaml: test.list
+    assert parser["keep_largest_component"] is True
+    meta = json.loads((REPO / PANCREAS.metadata).read_text())
+    assert meta["version"] in meta["changelog"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert (image["modality"], image["num_channels"]) == ("CT", 1)
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "pancreas"}
+    assert meta["label_classes"] == "0: background, 1: pancreas"
+    refs = " ".join(meta["references"])
+    assert "DyCON" in refs and "DeepOrgan" in refs and "MC-Net+" in refs
+    for f in ("LICENSE", "large_files.yml", "docs/README.md", "docs/data_license.txt", "configs/logging.conf",
+              "configs/multi_gpu_train.yaml"):
+        assert (PANCREAS.root / f).is_file(), f
+    # the other files are the LA bundle's, unchanged
+    la = REPO / "bundles" / "dycon_la"
+    for f in ("LICENSE", "large_files.yml", "configs/logging.conf"):
+        assert (PANCREAS.root / f).read_text() == (la / f).read_text(), f
+
+
+def test_released_patch_option(synth: Run):
+    """``--patch_size "[112,112,96]"`` (the released code's patch): the training chain yields 112x112x96 patches
+    (padded where a prepared volume is smaller) and the network takes them."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / PANCREAS.train_yaml))
+    parser["patch_size"] = [112, 112, 96]
+    parser["datalist"] = str(synth.dataset / "datalist.json")
+    parser.parse()
+    entry = _datalist(synth)["training"][0]
+    sample = {k: str(synth.dataset / entry[k]) for k in ("image", "label")}
+    for chain, data in (("train#preprocessing", sample), ("train#unlabeled#preprocessing", {"image": sample["image"]})):
+        out = parser.get_parsed_content(chain)(dict(data))
+        out = out[0] if isinstance(out, list) else out
+        assert tuple(out["image"].shape) == (1, 112, 112, 96), chain
+    net = small_net().eval()
+    with torch.no_grad():
+        assert net(out["image"][None]).shape == (1, 2, 112, 112, 96)
+
+
+# --------------------------------------------------------------------------------------------- synthetic data
+
+
+def test_prepared_datalist(synth: Run, split_ids: dict[str, list[str]]):
+    dl = _datalist(synth)
+    assert [len(dl.get(k) or []) for k in ("training", "unlabeled", "validation", "test")] == [2, 2, 0, 2]
+    assert _ids(dl["training"]) + _ids(dl["unlabeled"]) == split_ids["train"]  # the first 2 of train.list labeled
+    assert _ids(dl["test"]) == split_ids["test"]
+    train_side = {i for k in ("training", "unlabeled", "validation") for i in _ids(dl.get(k) or [])}
+    assert not train_side & set(_ids(dl["test"]))  # the test cases are never trained on
+    assert all("label" not in e for e in dl["unlabeled"])
+    img = nib.load(synth.dataset / dl["test"][0]["image"])
+    assert np.allclose(np.abs(np.diag(img.affine)[:3]), 1.0)  # 1 mm isotropic
+    assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+
+
+def test_train(synth: Run):
+    check_model_pt(synth.model)  # no validation list: the final student
+    assert "saved final checkpoint" in synth.train_log
+    assert "val_mean_dice" not in synth.train_log
+    check_training_checkpoint(synth.out / "eval" / "checkpoints", iterations=TRAIN_ITERS)
+    assert "Engine run finished" in synth.train_log
+
+
+def test_evaluate_on_test_list(synth: Run, synth_eval: str, split_ids: dict[str, list[str]]):
+    check_evaluation(synth.dataset, synth.out / "eval")
+    assert f"Restored all variables from {synth.model}" in synth_eval
+    rows = (synth.out / "eval" / "metrics_per_case.csv").read_text().splitlines()[1:]
+    assert sorted(case_name(r.split(",")[0]) for r in rows) == sorted(split_ids["test"])
+
+
+def test_infer(synth: Run, synth_pred: Path):
+    test = _datalist(synth)["test"]
+    assert sorted(p.name for p in synth_pred.glob("*_seg.nii.gz")) == sorted(f"{i}_seg.nii.gz" for i in _ids(test))
+    for e in test:
+        check_prediction(synth.dataset / e["image"], synth_pred)
+
+
+def test_infer_matches_evaluate(synth: Run, synth_eval: str, synth_pred: Path):
+    """Evaluation and inference run the same chain on the same axes (nothing transposed between them)."""
+    for cid in _ids(_datalist(synth)["test"]):
+        a = np.asarray(nib.load(synth.out / "eval" / "predictions" / f"{cid}_seg.nii.gz").dataobj)
+        b = np.asarray(nib.load(synth_pred / f"{cid}_seg.nii.gz").dataobj)
+        assert a.shape == b.shape
+        assert np.mean(a == b) >= 0.999, f"{cid}: evaluate and infer disagree on {np.mean(a != b):.2%} of voxels"
+
+
+# -------------------------------------------------------------------------------------------- model-zoo checks
+
+
+def test_verify_net_in_out():
+    out = PANCREAS.verify_net_in_out()
+    assert "data shape of network is verified with no error" in out
+
+
+def test_ckpt_export_torchscript(synth: Run):
+    ts_path = synth.root / "export" / "model.ts"
+    ts_path.parent.mkdir()
+    PANCREAS.ckpt_export(ts_path, synth.model)
+    from monai.data import load_net_with_metadata
+
+    scripted, meta, _ = load_net_with_metadata(ts_path)
+    assert meta["version"] == json.loads((REPO / PANCREAS.metadata).read_text())["version"]
+    eager = small_net()
+    eager.load_state_dict(load_weights(synth.model), strict=True)
+    eager.eval()
+    scripted.eval()
+    x = torch.randn(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager(x), rtol=1e-4, atol=1e-5)
+        assert scripted.forward_with_embeddings(x)[1].shape == (1, SMALL_NET["embed_dim"], 4, 4, 4)
+
+
+@pytest.mark.parametrize("workflow_type", ["train", "infer"])
+def test_check_properties(workflow_type: str, synth: Run, tmp_path: Path, split_ids: dict[str, list[str]]):
+    overrides = {
+        "bundle_root": str(PANCREAS.root),
+        "dataset_dir": str(synth.dataset),
+        "output_dir": str(tmp_path / "eval"),
+        "num_workers": 0,
+        "device": "$torch.device('cpu')",
+    }
+    if workflow_type == "train":
+        overrides["ckpt_dir"] = str(tmp_path / "models")
+    else:
+        overrides["ckpt_path"] = str(synth.model)
+    with PANCREAS.workflow(workflow_type, **overrides) as workflow:
+        missing = workflow.check_properties()
+        assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
+        assert workflow.dataset_dir == str(synth.dataset)
+        assert workflow.bundle_root == str(PANCREAS.root)
+        if workflow_type == "train":
+            assert workflow.max_epochs == -(-20000 // 200)  # the config's defaults: 20000 iterations, val every 200
+            assert _ids(workflow.train_dataset.data) == split_ids["train"][:2]
+            assert len(workflow.val_dataset.data) == 0  # no validation list: never the test list
+        else:
+            assert _ids(workflow.dataset.data) == split_ids["test"]  # the datalist's test list
+
+
+# --------------------------------------------------------------------------------------------------- hygiene
+
+
+def test_bundle_folder_untouched(bundle_folder_snapshot):
+    """No run of this module wrote into the repository's bundle (eval/ and models/ are the default outputs)."""
+    snapshot, before = bundle_folder_snapshot
+    assert snapshot() == before
