@@ -14,13 +14,7 @@ data preparation and training run once per dataset (module-scoped fixtures).
 
 from __future__ import annotations
 
-import csv
 import json
-import logging
-import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,228 +22,33 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_utils import (
+    REPO,
+    SMALL_NET,
+    TRAIN_ITERS,
+    VAL_INTERVAL,
+    Bundle,
+    case_name,
+    check_evaluation,
+    check_model_pt,
+    check_prediction,
+    check_training_checkpoint,
+    load_weights,
+    run,
+    small_net,
+)
 
 from custom.data.la import H5_FOLDER, synth_la
-from custom.metrics import dice as dice_of
-from custom.metrics import iou as iou_of
-from custom.networks import UNet3D
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLE_REL = "bundles/dycon_la"  # as typed from the repository root (the subprocesses run there)
-BUNDLE = REPO / BUNDLE_REL
-TRAIN = f"{BUNDLE_REL}/configs/train.yaml"
-EVALUATE = f"{BUNDLE_REL}/configs/evaluate.yaml"
-INFERENCE = f"{BUNDLE_REL}/configs/inference.yaml"
-METADATA = f"{BUNDLE_REL}/configs/metadata.json"
-LOGGING = f"{BUNDLE_REL}/configs/logging.conf"
-REAL_LA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "LA_h5"
-
-SMALL_NET = {"features": [4, 8, 16, 32, 64], "embed_dim": 16, "proj_hidden": 32}
-NET_ARGS = [
-    "--network_def#features", "[4,8,16,32,64]",
-    "--network_def#embed_dim", "16",
-    "--network_def#proj_hidden", "32",
-]  # fmt: skip
-PATCH = "[32,32,32]"
-METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
+LA = Bundle("dycon_la")
+BUNDLE = LA.root
+METADATA = LA.metadata
+REAL_LA = REPO.parent / "shared" / "data" / "LA_h5"
 SYNTH_SHAPE = (48, 48, 32)
-TRAIN_ITERS = 4
-VAL_INTERVAL = 2
 
-ENV = {
-    **os.environ,
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
-}
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def run(*args: str, log: Path | None = None, timeout: int = 600) -> str:
-    """``python <args>`` from the repository root; fails the test (with the output's tail) on a non-zero status.
-    Returns stdout + stderr (also written to ``log``)."""
-    cmd = [sys.executable, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    if log is not None:
-        log.write_text(out)
-    if proc.returncode != 0:
-        pytest.fail(f"exit status {proc.returncode}: {' '.join(cmd)}\n--- output tail ---\n{out[-6000:]}")
-    return out
-
-
-def bundle_train(dataset_dir: Path, out: Path, *extra: str, max_iterations: int = TRAIN_ITERS, log: Path) -> str:
-    return run(
-        "-m", "monai.bundle", "run",
-        "--bundle_root", BUNDLE_REL,
-        "--config_file", TRAIN,
-        "--dataset_dir", dataset_dir,
-        "--output_dir", out / "eval",
-        "--ckpt_dir", out / "models",
-        "--max_iterations", str(max_iterations),
-        "--val_interval", str(VAL_INTERVAL),
-        "--patch_size", PATCH,
-        "--labeled_batch_size", "1",
-        "--unlabeled_batch_size", "1",
-        "--num_workers", "0",
-        *NET_ARGS, *extra,
-        log=log,
-    )  # fmt: skip
-
-
-def bundle_evaluate(dataset_dir: Path, out: Path, *extra: str, log: Path) -> str:
-    return run(
-        "-m", "monai.bundle", "run",
-        "--bundle_root", BUNDLE_REL,
-        "--config_file", f"['{TRAIN}','{EVALUATE}']",
-        "--dataset_dir", dataset_dir,
-        "--output_dir", out / "eval",
-        "--ckpt_dir", out / "models",
-        "--patch_size", PATCH,
-        "--num_workers", "0",
-        *NET_ARGS, *extra,
-        log=log,
-    )  # fmt: skip
-
-
-def bundle_infer(input_path: Path, pred_dir: Path, ckpt: Path, *extra: str, log: Path) -> str:
-    return run(
-        "-m", "monai.bundle", "run",
-        "--bundle_root", BUNDLE_REL,
-        "--config_file", INFERENCE,
-        "--input_path", input_path,
-        "--output_dir", pred_dir,
-        "--ckpt_path", ckpt,
-        "--patch_size", PATCH,
-        "--num_workers", "0",
-        "--save_probabilities", "true",
-        *NET_ARGS, *extra,
-        log=log,
-    )  # fmt: skip
-
-
-def case_name(path: str | Path) -> str:
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def small_net() -> UNet3D:
-    return UNet3D(**SMALL_NET)
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def check_model_pt(path: Path) -> None:
-    """model.pt is a plain state dict of the (small) UNet3D: loads with strict=True."""
-    assert path.is_file(), f"{path} was not written"
-    state = load_weights(path)
-    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
-    small_net().load_state_dict(state, strict=True)
-
-
-def check_training_checkpoint(folder: Path, iterations: int) -> Path:
-    files = sorted(folder.glob("*.pt"))
-    assert files, f"no training checkpoint in {folder}"
-    latest = max(files, key=lambda p: p.stat().st_mtime_ns)
-    ckpt = load_weights(latest)
-    assert {"network", "teacher", "optimizer", "trainer"} <= set(ckpt)
-    assert ckpt["trainer"]["iteration"] == iterations
-    for key in ("network", "teacher"):
-        small_net().load_state_dict(ckpt[key], strict=True)
-    return latest
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def as_float(v: object) -> float:
-    return float("nan") if v is None else float(v)  # JSON null / "nan" -> NaN
-
-
-def check_metric_values(name: str, values: list[float]) -> None:
-    for v in values:
-        if name in ("dice", "iou"):
-            assert 0.0 <= v <= 1.0, f"{name} = {v} outside [0, 1]"
-        else:
-            assert math.isnan(v) or v >= 0.0, f"{name} = {v} negative"
-
-
-def check_evaluation(dataset_dir: Path, eval_dir: Path) -> None:
-    """metrics_per_case.csv (one row per test case), metrics_summary.json (mean/std per metric), predictions in
-    the label's geometry; dice/iou of the CSV agree with the saved prediction and the label."""
-    test = json.loads((dataset_dir / "datalist.json").read_text())["test"]
-    assert test, "the prepared dataset has no test case"
-    images = {case_name(e["image"]): dataset_dir / e["image"] for e in test}
-    labels = {case_name(e["image"]): dataset_dir / e["label"] for e in test}
-
-    rows = read_csv(eval_dir / "metrics_per_case.csv")
-    assert len(rows) == len(test)
-    assert set(rows[0]) >= set(METRICS)
-    assert sorted(case_name(r["filename"]) for r in rows) == sorted(images)
-    for m in METRICS:
-        check_metric_values(m, [float(r[m]) for r in rows])
-
-    summary = json.loads((eval_dir / "metrics_summary.json").read_text())
-    assert summary["num_cases"] == len(test)
-    for m in METRICS:
-        stats = summary["metrics"][m]
-        assert {"mean", "std"} <= set(stats), f"{m}: {stats}"
-        mean, std = as_float(stats["mean"]), as_float(stats["std"])
-        check_metric_values(m, [mean])
-        assert math.isnan(std) or std >= 0.0
-        column = np.array([float(r[m]) for r in rows])
-        if not np.isnan(column).all():
-            assert mean == pytest.approx(float(np.nanmean(column)), rel=1e-4, abs=1e-6)
-
-    for r in rows:
-        cid = case_name(r["filename"])
-        pred_path = eval_dir / "predictions" / f"{cid}_seg.nii.gz"
-        assert pred_path.is_file(), f"missing {pred_path}"
-        pred, label, image = nib.load(pred_path), nib.load(labels[cid]), nib.load(images[cid])
-        assert pred.shape == label.shape == image.shape
-        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
-        p, lab = np.asarray(pred.dataobj), np.asarray(label.dataobj)
-        assert set(np.unique(p).tolist()) <= {0, 1}
-        assert float(r["dice"]) == pytest.approx(dice_of(p, lab), abs=1e-5)
-        assert float(r["iou"]) == pytest.approx(iou_of(p, lab), abs=1e-5)
-
-
-def check_prediction(image_path: Path, pred_dir: Path, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``<name>_seg`` (uint8 {0, 1}) and ``<name>_prob`` (float in [0, 1]) have the input's shape and affine;
-    returns (seg, prob) arrays."""
-    name = case_name(image_path)
-    image = nib.load(image_path)
-    seg_path = pred_dir / f"{name}_seg.nii.gz"
-    assert seg_path.is_file(), f"missing {seg_path}"
-    seg_img = nib.load(seg_path)
-    assert seg_img.shape == image.shape, f"{name}: seg shape {seg_img.shape} != input {image.shape}"
-    np.testing.assert_allclose(seg_img.affine, image.affine, atol=1e-5, err_msg=f"{name}: seg affine")
-    assert seg_img.get_data_dtype() == np.uint8
-    seg = np.asarray(seg_img.dataobj)
-    assert set(np.unique(seg).tolist()) <= {0, 1}
-    if not probabilities:
-        return seg, np.empty(0)
-    prob_path = pred_dir / f"{name}_prob.nii.gz"
-    assert prob_path.is_file(), f"missing {prob_path}"
-    prob_img = nib.load(prob_path)
-    assert prob_img.shape == image.shape
-    np.testing.assert_allclose(prob_img.affine, image.affine, atol=1e-5, err_msg=f"{name}: prob affine")
-    prob = np.asarray(prob_img.dataobj, dtype=np.float64)
-    assert np.isfinite(prob).all() and prob.min() >= 0.0 and prob.max() <= 1.0
-    # same voxel grid for both outputs: a foreground voxel of the mask has a foreground probability > 0.5
-    if seg.any():
-        assert prob[seg == 1].min() > 0.5 - 1e-5
-    return seg, prob
+bundle_train = LA.train
+bundle_evaluate = LA.evaluate
+bundle_infer = LA.infer
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -259,16 +58,8 @@ def check_prediction(image_path: Path, pred_dir: Path, probabilities: bool = Tru
 def bundle_folder_snapshot():
     """The files below bundles/dycon_la/{eval,models} before this module ran (the bundle's default outputs)."""
 
-    def snapshot() -> set[str]:
-        return {
-            str(p.relative_to(BUNDLE))
-            for sub in ("eval", "models")
-            for p in (BUNDLE / sub).rglob("*")
-            if "__pycache__" not in p.parts
-        }
-
-    before = snapshot()
-    yield snapshot, before
+    before = LA.output_snapshot()
+    yield LA.output_snapshot, before
 
 
 @dataclass
@@ -448,30 +239,14 @@ def test_synth_resume_is_exact(synth: Run):
 def test_verify_net_in_out():
     """The network of inference.yaml (default size) against metadata.json's network_data_format. ``--n 2``: the
     metadata's "16*n" with the default n=1 means a 16^3 input, whose 1x1x1 bottleneck InstanceNorm rejects."""
-    out = run(
-        "-m", "monai.bundle", "verify_net_in_out", "network_def",
-        "--meta_file", METADATA,
-        "--config_file", INFERENCE,
-        "--bundle_root", BUNDLE_REL,
-        "--device", "cpu",
-        "--n", "2",
-    )  # fmt: skip
+    out = LA.verify_net_in_out()
     assert "data shape of network is verified with no error" in out
 
 
 def test_ckpt_export_torchscript(synth: Run):
     ts_path = synth.root / "export" / "model.ts"
     ts_path.parent.mkdir()
-    run(
-        "-m", "monai.bundle", "ckpt_export", "network_def",
-        "--filepath", ts_path,
-        "--ckpt_file", synth.model,
-        "--meta_file", METADATA,
-        "--config_file", INFERENCE,
-        "--bundle_root", BUNDLE_REL,
-        "--key_in_ckpt", "",
-        *NET_ARGS,
-    )  # fmt: skip
+    LA.ckpt_export(ts_path, synth.model)
     assert ts_path.is_file()
     from monai.data import load_net_with_metadata
 
@@ -492,27 +267,8 @@ def test_ckpt_export_torchscript(synth: Run):
     assert ts_emb.shape == (1, SMALL_NET["embed_dim"], 4, 4, 6)
 
 
-@pytest.fixture
-def restore_logging():
-    """ConfigWorkflow(logging_file=...) reconfigures the root logger (stdout handler, INFO): undo it."""
-    root = logging.getLogger()
-    level, handlers = root.level, root.handlers[:]
-    yield
-    for h in root.handlers[:]:
-        if h not in handlers:
-            root.removeHandler(h)
-    for h in handlers:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(level)
-
-
 @pytest.mark.parametrize("workflow_type", ["train", "infer"])
-def test_check_properties(workflow_type: str, synth: Run, tmp_path: Path, restore_logging):
-    from monai.bundle import ConfigWorkflow
-    from monai.utils import set_determinism
-
-    config = {"train": TRAIN, "infer": INFERENCE}[workflow_type]
+def test_check_properties(workflow_type: str, synth: Run, tmp_path: Path):
     overrides = {
         "bundle_root": str(BUNDLE),
         "dataset_dir": str(synth.dataset),
@@ -524,15 +280,7 @@ def test_check_properties(workflow_type: str, synth: Run, tmp_path: Path, restor
         overrides["ckpt_dir"] = str(tmp_path / "models")
     else:
         overrides["ckpt_path"] = str(synth.model)
-    workflow = ConfigWorkflow(
-        workflow_type=workflow_type,
-        config_file=str(REPO / config),
-        meta_file=str(REPO / METADATA),
-        logging_file=str(REPO / LOGGING),
-        **overrides,
-    )
-    try:
-        workflow.initialize()
+    with LA.workflow(workflow_type, **overrides) as workflow:
         missing = workflow.check_properties()
         assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
         assert workflow.dataset_dir == str(synth.dataset)
@@ -542,8 +290,6 @@ def test_check_properties(workflow_type: str, synth: Run, tmp_path: Path, restor
             assert len(workflow.train_dataset) == 2
         else:
             assert len(workflow.dataset) == 2  # the datalist's test list
-    finally:
-        set_determinism(seed=None)  # initialize() seeded the global RNGs of this process
 
 
 # ------------------------------------------------------------------------------------------------ real data

@@ -1,0 +1,350 @@
+"""Helpers shared by the end-to-end bundle tests (``tests/bundles/test_dycon_*.py``).
+
+Every bundle is driven through ``python -m monai.bundle`` in a subprocess from the repository root, exactly as a user
+types it, with a shrunk network (``--network_def#features [4,8,16,32,64]`` ...), small patches and its outputs
+redirected to pytest's tmp dirs. ``Bundle("dycon_la")`` binds the commands to one bundle folder; the ``check_*``
+functions assert on what the commands wrote (model.pt, training checkpoints, metrics files, predictions in the
+input's geometry).
+
+Imported as ``from bundle_utils import ...``: tests/ has no ``__init__.py`` and pytest's default ``prepend`` import
+mode puts the test file's folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from custom.metrics import dice as dice_of
+from custom.metrics import iou as iou_of
+from custom.networks import UNet3D
+
+REPO = Path(__file__).resolve().parents[2]
+
+SMALL_NET = {"features": [4, 8, 16, 32, 64], "embed_dim": 16, "proj_hidden": 32}
+NET_ARGS = [
+    "--network_def#features", "[4,8,16,32,64]",
+    "--network_def#embed_dim", "16",
+    "--network_def#proj_hidden", "32",
+]  # fmt: skip
+PATCH = "[32,32,32]"
+METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
+TRAIN_ITERS = 4
+VAL_INTERVAL = 2
+
+ENV = {
+    **os.environ,
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+}
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def run(*args: str | Path, log: Path | None = None, timeout: int = 600) -> str:
+    """``python <args>`` from the repository root; fails the test (with the output's tail) on a non-zero status.
+    Returns stdout + stderr (also written to ``log``)."""
+    cmd = [sys.executable, *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if log is not None:
+        log.write_text(out)
+    if proc.returncode != 0:
+        pytest.fail(f"exit status {proc.returncode}: {' '.join(cmd)}\n--- output tail ---\n{out[-6000:]}")
+    return out
+
+
+class Bundle:
+    """The config files of ``bundles/<name>`` and the ``monai.bundle`` commands on them (small network, small
+    patches, all outputs under the given folders)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.rel = f"bundles/{name}"  # as typed from the repository root (the subprocesses run there)
+        self.root = REPO / self.rel
+        self.train_yaml = f"{self.rel}/configs/train.yaml"
+        self.evaluate_yaml = f"{self.rel}/configs/evaluate.yaml"
+        self.inference_yaml = f"{self.rel}/configs/inference.yaml"
+        self.metadata = f"{self.rel}/configs/metadata.json"
+        self.logging_conf = f"{self.rel}/configs/logging.conf"
+
+    def train(
+        self,
+        dataset_dir: Path,
+        out: Path,
+        *extra: str,
+        max_iterations: int = TRAIN_ITERS,
+        val_interval: int = VAL_INTERVAL,
+        log: Path,
+    ) -> str:
+        """train.yaml; ``out/eval`` = --output_dir (logs, training checkpoints), ``out/models`` = --ckpt_dir."""
+        return run(
+            "-m", "monai.bundle", "run",
+            "--bundle_root", self.rel,
+            "--config_file", self.train_yaml,
+            "--dataset_dir", dataset_dir,
+            "--output_dir", out / "eval",
+            "--ckpt_dir", out / "models",
+            "--max_iterations", str(max_iterations),
+            "--val_interval", str(val_interval),
+            "--patch_size", PATCH,
+            "--labeled_batch_size", "1",
+            "--unlabeled_batch_size", "1",
+            "--num_workers", "0",
+            *NET_ARGS, *extra,
+            log=log,
+        )  # fmt: skip
+
+    def evaluate(self, dataset_dir: Path, out: Path, *extra: str, log: Path) -> str:
+        """train.yaml + evaluate.yaml with the model of ``out/models``; metrics and predictions in ``out/eval``."""
+        return run(
+            "-m", "monai.bundle", "run",
+            "--bundle_root", self.rel,
+            "--config_file", f"['{self.train_yaml}','{self.evaluate_yaml}']",
+            "--dataset_dir", dataset_dir,
+            "--output_dir", out / "eval",
+            "--ckpt_dir", out / "models",
+            "--patch_size", PATCH,
+            "--num_workers", "0",
+            *NET_ARGS, *extra,
+            log=log,
+        )  # fmt: skip
+
+    def infer(self, input_path: Path, pred_dir: Path, ckpt: Path, *extra: str, log: Path) -> str:
+        """inference.yaml on a file, folder or datalist.json; masks and probabilities into ``pred_dir``."""
+        return run(
+            "-m", "monai.bundle", "run",
+            "--bundle_root", self.rel,
+            "--config_file", self.inference_yaml,
+            "--input_path", input_path,
+            "--output_dir", pred_dir,
+            "--ckpt_path", ckpt,
+            "--patch_size", PATCH,
+            "--num_workers", "0",
+            "--save_probabilities", "true",
+            *NET_ARGS, *extra,
+            log=log,
+        )  # fmt: skip
+
+    def verify_net_in_out(self, *extra: str) -> str:
+        """``verify_net_in_out`` of the inference network (default size) against metadata.json. ``--n 2``: the
+        metadata's "16*n" with the default n=1 means a 16^3 input, whose 1x1x1 bottleneck InstanceNorm rejects."""
+        return run(
+            "-m", "monai.bundle", "verify_net_in_out", "network_def",
+            "--meta_file", self.metadata,
+            "--config_file", self.inference_yaml,
+            "--bundle_root", self.rel,
+            "--device", "cpu",
+            "--n", "2",
+            *extra,
+        )  # fmt: skip
+
+    def ckpt_export(self, ts_path: Path, ckpt: Path, *extra: str) -> str:
+        """TorchScript export of ``ckpt`` (a state dict of the small network) with the bundle's metadata."""
+        return run(
+            "-m", "monai.bundle", "ckpt_export", "network_def",
+            "--filepath", ts_path,
+            "--ckpt_file", ckpt,
+            "--meta_file", self.metadata,
+            "--config_file", self.inference_yaml,
+            "--bundle_root", self.rel,
+            "--key_in_ckpt", "",
+            *NET_ARGS, *extra,
+        )  # fmt: skip
+
+    def output_snapshot(self) -> set[str]:
+        """The files below the bundle's default output folders (``eval/``, ``models/``)."""
+        return {
+            str(p.relative_to(self.root))
+            for sub in ("eval", "models")
+            for p in (self.root / sub).rglob("*")
+            if "__pycache__" not in p.parts
+        }
+
+    @contextlib.contextmanager
+    def workflow(self, workflow_type: str, **overrides: Any) -> Iterator[Any]:
+        """An initialised ``ConfigWorkflow`` of train.yaml (``"train"``) or inference.yaml (``"infer"``) with the
+        bundle's metadata and logging config; the root logger and the global RNG seeding are restored afterwards."""
+        from monai.bundle import ConfigWorkflow
+        from monai.utils import set_determinism
+
+        config = {"train": self.train_yaml, "infer": self.inference_yaml}[workflow_type]
+        with logging_restored():
+            workflow = ConfigWorkflow(
+                workflow_type=workflow_type,
+                config_file=str(REPO / config),
+                meta_file=str(REPO / self.metadata),
+                logging_file=str(REPO / self.logging_conf),
+                **overrides,
+            )
+            try:
+                workflow.initialize()
+                yield workflow
+            finally:
+                set_determinism(seed=None)  # initialize() seeded the global RNGs of this process
+
+
+@contextlib.contextmanager
+def logging_restored() -> Iterator[None]:
+    """ConfigWorkflow(logging_file=...) reconfigures the root logger (stdout handler, INFO): undo it."""
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        yield
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------------- checks
+
+
+def case_name(path: str | Path) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def spatial_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """(X, Y, Z) of a 3-D image or of a channel-last 4-D one (X, Y, Z, C)."""
+    return tuple(shape[:3])
+
+
+def small_net(in_channels: int = 1) -> UNet3D:
+    return UNet3D(in_channels=in_channels, **SMALL_NET)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_model_pt(path: Path, in_channels: int = 1) -> None:
+    """model.pt is a plain state dict of the (small) UNet3D: loads with strict=True."""
+    assert path.is_file(), f"{path} was not written"
+    state = load_weights(path)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    small_net(in_channels).load_state_dict(state, strict=True)
+
+
+def check_training_checkpoint(folder: Path, iterations: int, in_channels: int = 1) -> Path:
+    """The newest training checkpoint of ``folder`` holds network, teacher, optimizer and trainer state at
+    ``iterations``; returns its path."""
+    files = sorted(folder.glob("*.pt"))
+    assert files, f"no training checkpoint in {folder}"
+    latest = max(files, key=lambda p: p.stat().st_mtime_ns)
+    ckpt = load_weights(latest)
+    assert {"network", "teacher", "optimizer", "trainer"} <= set(ckpt)
+    assert ckpt["trainer"]["iteration"] == iterations
+    for key in ("network", "teacher"):
+        small_net(in_channels).load_state_dict(ckpt[key], strict=True)
+    return latest
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def as_float(v: object) -> float:
+    return float("nan") if v is None else float(v)  # JSON null / "nan" -> NaN
+
+
+def check_metric_values(name: str, values: list[float]) -> None:
+    for v in values:
+        if name in ("dice", "iou"):
+            assert 0.0 <= v <= 1.0, f"{name} = {v} outside [0, 1]"
+        else:
+            assert math.isnan(v) or v >= 0.0, f"{name} = {v} negative"
+
+
+def check_evaluation(dataset_dir: Path, eval_dir: Path) -> None:
+    """metrics_per_case.csv (one row per test case), metrics_summary.json (mean/std per metric), predictions in
+    the label's geometry; dice/iou of the CSV agree with the saved prediction and the label."""
+    test = json.loads((dataset_dir / "datalist.json").read_text())["test"]
+    assert test, "the prepared dataset has no test case"
+    images = {case_name(e["image"]): dataset_dir / e["image"] for e in test}
+    labels = {case_name(e["image"]): dataset_dir / e["label"] for e in test}
+
+    rows = read_csv(eval_dir / "metrics_per_case.csv")
+    assert len(rows) == len(test)
+    assert set(rows[0]) >= set(METRICS)
+    assert sorted(case_name(r["filename"]) for r in rows) == sorted(images)
+    for m in METRICS:
+        check_metric_values(m, [float(r[m]) for r in rows])
+
+    summary = json.loads((eval_dir / "metrics_summary.json").read_text())
+    assert summary["num_cases"] == len(test)
+    for m in METRICS:
+        stats = summary["metrics"][m]
+        assert {"mean", "std"} <= set(stats), f"{m}: {stats}"
+        mean, std = as_float(stats["mean"]), as_float(stats["std"])
+        check_metric_values(m, [mean])
+        assert math.isnan(std) or std >= 0.0
+        column = np.array([float(r[m]) for r in rows])
+        if not np.isnan(column).all():
+            assert mean == pytest.approx(float(np.nanmean(column)), rel=1e-4, abs=1e-6)
+
+    for r in rows:
+        cid = case_name(r["filename"])
+        pred_path = eval_dir / "predictions" / f"{cid}_seg.nii.gz"
+        assert pred_path.is_file(), f"missing {pred_path}"
+        pred, label, image = nib.load(pred_path), nib.load(labels[cid]), nib.load(images[cid])
+        assert pred.shape == label.shape == spatial_shape(image.shape)
+        np.testing.assert_allclose(pred.affine, image.affine, atol=1e-5)
+        p, lab = np.asarray(pred.dataobj), np.asarray(label.dataobj)
+        assert set(np.unique(p).tolist()) <= {0, 1}
+        assert float(r["dice"]) == pytest.approx(dice_of(p, lab), abs=1e-5)
+        assert float(r["iou"]) == pytest.approx(iou_of(p, lab), abs=1e-5)
+
+
+def check_prediction(image_path: Path, pred_dir: Path, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``<name>_seg`` (uint8 {0, 1}) and ``<name>_prob`` (float in [0, 1]) have the input's (spatial) shape and
+    affine; returns (seg, prob) arrays."""
+    name = case_name(image_path)
+    image = nib.load(image_path)
+    shape = spatial_shape(image.shape)
+    seg_path = pred_dir / f"{name}_seg.nii.gz"
+    assert seg_path.is_file(), f"missing {seg_path}"
+    seg_img = nib.load(seg_path)
+    assert seg_img.shape == shape, f"{name}: seg shape {seg_img.shape} != input {image.shape}"
+    np.testing.assert_allclose(seg_img.affine, image.affine, atol=1e-5, err_msg=f"{name}: seg affine")
+    assert seg_img.get_data_dtype() == np.uint8
+    seg = np.asarray(seg_img.dataobj)
+    assert set(np.unique(seg).tolist()) <= {0, 1}
+    if not probabilities:
+        return seg, np.empty(0)
+    prob_path = pred_dir / f"{name}_prob.nii.gz"
+    assert prob_path.is_file(), f"missing {prob_path}"
+    prob_img = nib.load(prob_path)
+    assert prob_img.shape == shape
+    np.testing.assert_allclose(prob_img.affine, image.affine, atol=1e-5, err_msg=f"{name}: prob affine")
+    prob = np.asarray(prob_img.dataobj, dtype=np.float64)
+    assert np.isfinite(prob).all() and prob.min() >= 0.0 and prob.max() <= 1.0
+    # same voxel grid for both outputs: a foreground voxel of the mask has a foreground probability > 0.5
+    if seg.any():
+        assert prob[seg == 1].min() > 0.5 - 1e-5
+    return seg, prob

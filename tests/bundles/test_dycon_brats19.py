@@ -1,0 +1,305 @@
+"""End-to-end tests of the BraTS 2019 bundle (bundles/dycon_brats19) through ``python -m monai.bundle``.
+
+A synthetic raw release (``custom.data.brats19.synth_brats19``: 7 tiny cases whose ids come from the official lists,
+4 of train.txt, 1 of val.txt, 2 of test.txt) is prepared with the CLI (``python -m custom prepare brats19
+--labeled 2``) once as FLAIR (1 channel) and once with ``--modalities all`` (4 channels, (X, Y, Z, 4) NIfTI). Then:
+
+* 1 channel: train (4 iterations, validation on val.txt every 2: model.pt = best validation Dice) -> evaluate (on
+  test.txt: one CSV row per test case, metrics in range, predictions in the label's geometry) -> infer (masks and
+  probabilities with the input's shape and affine, values {0, 1});
+* 4 channels (``--in_channels 4`` on every command): train -> evaluate -> infer, same checks on the spatial shape;
+* ``verify_net_in_out`` (1 and 4 channels), ``ConfigWorkflow.check_properties()`` for train and inference, the
+  configs' defaults (96^3 patch, 1 channel, brain z-score, validation on val.txt, evaluation on test.txt).
+
+The network is shrunk and patches are 32^3 (the shared helpers of ``bundle_utils``); every output goes to pytest's
+tmp dirs, and ``test_bundle_folder_untouched`` checks that nothing landed in ``bundles/dycon_brats19``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from bundle_utils import (
+    REPO,
+    TRAIN_ITERS,
+    Bundle,
+    case_name,
+    check_evaluation,
+    check_model_pt,
+    check_prediction,
+    check_training_checkpoint,
+    run,
+)
+
+from custom.data.brats19 import official_splits, synth_brats19
+
+BRATS = Bundle("dycon_brats19")
+SYNTH_SHAPE = (48, 48, 32)
+N_IDS = {"training": 4, "validation": 1, "test": 2}  # taken from the head of train.txt / val.txt / test.txt
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bundle_folder_snapshot():
+    """The files below bundles/dycon_brats19/{eval,models} before this module ran (the bundle's default outputs)."""
+    before = BRATS.output_snapshot()
+    yield BRATS.output_snapshot, before
+
+
+@pytest.fixture(scope="module")
+def split_ids() -> dict[str, list[str]]:
+    lists, _ = official_splits()
+    return {key: lists[key][:n] for key, n in N_IDS.items()}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory, split_ids: dict[str, list[str]]) -> Path:
+    root = tmp_path_factory.mktemp("brats_raw")
+    ids = [i for key in ("training", "validation", "test") for i in split_ids[key]]
+    return synth_brats19(root / "raw", ids=ids, shape=SYNTH_SHAPE, seed=0)
+
+
+@dataclass
+class Run:
+    root: Path
+    dataset: Path  # prepared dataset (datalist.json, images/, labels/)
+    out: Path  # out/eval (= --output_dir), out/models (= --ckpt_dir)
+    in_channels: int
+    train_log: str
+
+    @property
+    def model(self) -> Path:
+        return self.out / "models" / "model.pt"
+
+    @property
+    def channel_args(self) -> tuple[str, ...]:
+        return ("--in_channels", str(self.in_channels))
+
+
+def _prepare_and_train(tmp_path_factory: pytest.TempPathFactory, raw: Path, in_channels: int) -> Run:
+    root = tmp_path_factory.mktemp(f"brats_{in_channels}ch")
+    prep = root / "prep"
+    modalities = ["--modalities", "all"] if in_channels == 4 else []
+    run("-m", "custom", "prepare", "brats19", "--src", raw, "--dst", prep, "--labeled", "2", *modalities)
+    out = root / "out"
+    channels = ("--in_channels", str(in_channels))
+    log = BRATS.train(prep, out, *channels, log=root / "train.log")
+    return Run(root, prep, out, in_channels, log)
+
+
+@pytest.fixture(scope="module")
+def flair(tmp_path_factory: pytest.TempPathFactory, raw: Path) -> Run:
+    """FLAIR only (the paper's setting): prepare -> 4 training iterations, validation on val.txt every 2."""
+    return _prepare_and_train(tmp_path_factory, raw, 1)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory, raw: Path) -> Run:
+    """Four modalities (``--modalities all``, ``--in_channels 4``): prepare -> 4 training iterations."""
+    return _prepare_and_train(tmp_path_factory, raw, 4)
+
+
+def _evaluate(r: Run) -> str:
+    return BRATS.evaluate(r.dataset, r.out, *r.channel_args, log=r.root / "evaluate.log")
+
+
+def _infer(r: Run) -> Path:
+    """Inference on the prepared datalist.json (its test list)."""
+    pred = r.root / "pred"
+    BRATS.infer(r.dataset / "datalist.json", pred, r.model, *r.channel_args, log=r.root / "infer.log")
+    return pred
+
+
+@pytest.fixture(scope="module")
+def flair_eval(flair: Run) -> str:
+    return _evaluate(flair)
+
+
+@pytest.fixture(scope="module")
+def flair_pred(flair: Run) -> Path:
+    return _infer(flair)
+
+
+@pytest.fixture(scope="module")
+def multi_eval(multi: Run) -> str:
+    return _evaluate(multi)
+
+
+@pytest.fixture(scope="module")
+def multi_pred(multi: Run) -> Path:
+    return _infer(multi)
+
+
+def _datalist(r: Run) -> dict:
+    return json.loads((r.dataset / "datalist.json").read_text())
+
+
+def _ids(entries: list[dict]) -> list[str]:
+    return [case_name(e["image"]) for e in entries]
+
+
+# -------------------------------------------------------------------------------------------------- configs
+
+
+def test_config_defaults():
+    """The BraTS settings of the configs, read with MONAI's parser (nothing is instantiated)."""
+    from monai.bundle import ConfigParser
+
+    for name in ("train_yaml", "inference_yaml"):
+        parser = ConfigParser()
+        parser.read_config(str(REPO / getattr(BRATS, name)))
+        assert parser["dataset_dir"] == "/workspace/data/BraTS2019"
+        assert parser["patch_size"] == [96, 96, 96]
+        assert parser["in_channels"] == 1
+        assert parser["normalize_nonzero"] is True
+        assert parser["network_def"]["in_channels"] == "@in_channels"
+    parser = ConfigParser()
+    parser.read_config(str(REPO / BRATS.train_yaml))
+    assert (parser["labeled_batch_size"], parser["unlabeled_batch_size"]) == (4, 4)
+    assert (parser["max_iterations"], parser["val_interval"]) == (20000, 200)
+    assert "'validation'" in parser["validate"]["dataset"]["data"]  # val.txt selects the checkpoint
+    parser.read_config([str(REPO / BRATS.train_yaml), str(REPO / BRATS.evaluate_yaml)])
+    assert "'test'" in parser["validate#dataset#data"]  # evaluate.yaml: test.txt
+    assert parser["keep_largest_component"] is True
+    meta = json.loads((REPO / BRATS.metadata).read_text())
+    assert meta["version"] in meta["changelog"]
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert (image["modality"], image["num_channels"], image["channel_def"]) == ("MR", 1, {"0": "FLAIR"})
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "whole tumour"}
+    for f in ("LICENSE", "large_files.yml", "docs/README.md", "docs/data_license.txt", "configs/logging.conf",
+              "configs/multi_gpu_train.yaml"):
+        assert (BRATS.root / f).is_file(), f
+
+
+# ------------------------------------------------------------------------------------------- 1 channel (FLAIR)
+
+
+def test_prepared_datalist(flair: Run, multi: Run, split_ids: dict[str, list[str]]):
+    for r in (flair, multi):
+        dl = _datalist(r)
+        assert [len(dl[k]) for k in ("training", "unlabeled", "validation", "test")] == [2, 2, 1, 2]
+        assert _ids(dl["training"]) + _ids(dl["unlabeled"]) == split_ids["training"]
+        assert _ids(dl["validation"]) == split_ids["validation"]
+        assert _ids(dl["test"]) == split_ids["test"]
+        shape = nib.load(r.dataset / dl["test"][0]["image"]).shape
+        assert len(shape) == (3 if r.in_channels == 1 else 4)
+        assert all(s <= t for s, t in zip(shape, SYNTH_SHAPE))  # cropped to the brain
+        if r.in_channels == 4:
+            assert shape[3] == 4
+            assert nib.load(r.dataset / dl["test"][0]["label"]).shape == shape[:3]
+
+
+def test_train(flair: Run):
+    check_model_pt(flair.model)  # best validation Dice on val.txt
+    check_training_checkpoint(flair.out / "eval" / "checkpoints", iterations=TRAIN_ITERS)
+    assert "val_mean_dice" in flair.train_log
+    assert "Engine run finished" in flair.train_log
+
+
+def test_evaluate_on_test_list(flair: Run, flair_eval: str, split_ids: dict[str, list[str]]):
+    check_evaluation(flair.dataset, flair.out / "eval")
+    assert f"Restored all variables from {flair.model}" in flair_eval
+    rows = (flair.out / "eval" / "metrics_per_case.csv").read_text().splitlines()[1:]
+    assert sorted(case_name(r.split(",")[0]) for r in rows) == sorted(split_ids["test"])
+
+
+def test_infer(flair: Run, flair_pred: Path):
+    test = _datalist(flair)["test"]
+    assert sorted(p.name for p in flair_pred.glob("*_seg.nii.gz")) == sorted(f"{i}_seg.nii.gz" for i in _ids(test))
+    for e in test:
+        check_prediction(flair.dataset / e["image"], flair_pred)
+
+
+def test_infer_matches_evaluate(flair: Run, flair_eval: str, flair_pred: Path):
+    """Evaluation and inference run the same chain on the same axes (nothing transposed between them)."""
+    for cid in _ids(_datalist(flair)["test"]):
+        a = np.asarray(nib.load(flair.out / "eval" / "predictions" / f"{cid}_seg.nii.gz").dataobj)
+        b = np.asarray(nib.load(flair_pred / f"{cid}_seg.nii.gz").dataobj)
+        assert a.shape == b.shape
+        assert np.mean(a == b) >= 0.999, f"{cid}: evaluate and infer disagree on {np.mean(a != b):.2%} of voxels"
+
+
+# --------------------------------------------------------------------------------------------- 4 channels
+
+
+def test_train_4ch(multi: Run):
+    check_model_pt(multi.model, in_channels=4)
+    check_training_checkpoint(multi.out / "eval" / "checkpoints", iterations=TRAIN_ITERS, in_channels=4)
+    assert "val_mean_dice" in multi.train_log
+
+
+def test_evaluate_4ch(multi: Run, multi_eval: str):
+    check_evaluation(multi.dataset, multi.out / "eval")  # predictions have the spatial shape of the 4-D images
+    assert f"Restored all variables from {multi.model}" in multi_eval
+
+
+def test_infer_4ch(multi: Run, multi_pred: Path):
+    for e in _datalist(multi)["test"]:
+        image = multi.dataset / e["image"]
+        assert nib.load(image).shape[3] == 4
+        seg, _ = check_prediction(image, multi_pred)
+        assert seg.shape == nib.load(image).shape[:3]
+
+
+# -------------------------------------------------------------------------------------------- model-zoo checks
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_verify_net_in_out(in_channels: int):
+    """``verify_net_in_out`` of the inference network (default size) against metadata.json, in this process (the
+    same function as ``python -m monai.bundle verify_net_in_out network_def ... --n 2``, without the start-up time of
+    a subprocess); 4 channels: ``--in_channels 4`` with the metadata's num_channels set to 4."""
+    from monai.bundle import verify_net_in_out
+
+    extra = {} if in_channels == 1 else {"in_channels": 4, "_meta_#network_data_format#inputs#image#num_channels": 4}
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(REPO / BRATS.metadata),
+        config_file=str(REPO / BRATS.inference_yaml),
+        bundle_root=str(BRATS.root),
+        device="cpu",
+        n=2,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("workflow_type", ["train", "infer"])
+def test_check_properties(workflow_type: str, flair: Run, tmp_path: Path, split_ids: dict[str, list[str]]):
+    overrides = {
+        "bundle_root": str(BRATS.root),
+        "dataset_dir": str(flair.dataset),
+        "output_dir": str(tmp_path / "eval"),
+        "num_workers": 0,
+        "device": "$torch.device('cpu')",
+    }
+    if workflow_type == "train":
+        overrides["ckpt_dir"] = str(tmp_path / "models")
+    else:
+        overrides["ckpt_path"] = str(flair.model)
+    with BRATS.workflow(workflow_type, **overrides) as workflow:
+        missing = workflow.check_properties()
+        assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
+        assert workflow.dataset_dir == str(flair.dataset)
+        assert workflow.bundle_root == str(BRATS.root)
+        if workflow_type == "train":
+            assert workflow.max_epochs == -(-20000 // 200)  # the config's defaults: 20000 iterations, val every 200
+            assert len(workflow.train_dataset) == 2
+            assert _ids(workflow.val_dataset.data) == split_ids["validation"]  # checkpoint selection: val.txt
+        else:
+            assert _ids(workflow.dataset.data) == split_ids["test"]  # the datalist's test list
+
+
+# --------------------------------------------------------------------------------------------------- hygiene
+
+
+def test_bundle_folder_untouched(bundle_folder_snapshot):
+    """No run of this module wrote into the repository's bundle (eval/ and models/ are the default outputs)."""
+    snapshot, before = bundle_folder_snapshot
+    assert snapshot() == before
