@@ -194,3 +194,179 @@ def test_bundle_config_wiring(tmp_path):
     evaluator.run()
     assert evaluator.state.best_metric == pytest.approx(1 / 3)
     assert len(_read_csv(tmp_path / "metrics_per_case.csv")) == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# lesion-wise columns (CaseMetricsHandler(lesion_metrics=True))
+# ----------------------------------------------------------------------------------------------------------------------
+LESION_NAMES = ["lesion_f1", "lesion_count_diff", "n_ref_lesions", "n_pred_lesions", "volume_diff_ml"]
+VOXEL_ML = 1.0 * 1.0 * 1.5 / 1000  # one voxel of SPACING in millilitres
+
+
+def _lesion_cases():
+    """The three cases of ``_cases`` plus two:
+
+    d: both empty                                             -> lesion F1 1, counts 0, volume 0
+    e: two reference lesions (a 2x2x2 cube and a voxel), the prediction hits the cube and adds one false-positive
+       voxel elsewhere                                         -> TP 1, FN 1, FP 1: F1 0.5; 2 vs 2 lesions;
+                                                                  volume |9 - 9| = 0
+    """
+    data = _cases()
+    e = np.zeros(SHAPE, np.float32)
+    ref = e.copy()
+    ref[1:3, 1:3, 1:3] = 1
+    ref[6, 6, 6] = 1
+    pred = e.copy()
+    pred[1:3, 1:3, 1:3] = 1
+    pred[6, 0, 6] = 1
+    for name, (p, r) in {"case_d.nii.gz": (e, e), "case_e.nii.gz": (pred, ref)}.items():
+        meta = {"filename_or_obj": f"/data/imagesTs/{name}"}
+        data.append(
+            {
+                "image": MetaTensor(torch.from_numpy(p[None]), affine=AFFINE, meta=dict(meta)),
+                "label": MetaTensor(torch.from_numpy(r[None]), affine=AFFINE, meta=dict(meta)),
+            }
+        )
+    return data
+
+
+# (lesion_f1, lesion_count_diff, n_ref, n_pred, volume_diff_ml), by hand
+LESION_EXPECTED = {
+    "case_a.nii.gz": [1.0, 0, 1, 1, 0.0],  # identical cubes
+    "case_b.nii.gz": [0.0, 0, 1, 1, 0.0],  # two single voxels 2 apart along z: no overlap -> TP 0, FN 1, FP 1
+    "case_c.nii.gz": [0.0, 1, 1, 0, 27 * VOXEL_ML],  # empty prediction, 3x3x3 cube reference
+    "case_d.nii.gz": [1.0, 0, 0, 0, 0.0],
+    "case_e.nii.gz": [0.5, 0, 2, 2, 0.0],
+}
+
+
+def _run_lesion(tmp_path, batch_size=2, key="lesion_f1", **writer_kw):
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset(_lesion_cases()), batch_size=batch_size, num_workers=0),
+        network=torch.nn.Identity(),
+        key_val_metric={
+            "test": CaseMetricsHandler(
+                key=key, lesion_metrics=True, output_transform=from_engine(["pred", "label"])
+            )
+        },
+        val_handlers=[CaseMetricsWriter(tmp_path, metric_name="test", **writer_kw)],
+    )
+    evaluator.run()
+    return evaluator
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_writer_with_lesion_columns(tmp_path, caplog, batch_size):
+    with caplog.at_level(logging.INFO, logger="CaseMetricsWriter"):
+        evaluator = _run_lesion(tmp_path, batch_size)
+    m = evaluator.state.metrics
+    assert m["test"] == pytest.approx((1 + 0 + 0 + 1 + 0.5) / 5)  # key = lesion_f1
+    assert m["test_lesion_count_diff"] == pytest.approx(1 / 5)
+    assert m["test_dice"] == pytest.approx((1 + 0 + 0 + 1 + 2 * 8 / 18) / 5)
+    assert evaluator.state.metric_details["test"].shape == (5, 11)
+    assert evaluator.state.case_metric_columns["test"] == tuple(NAMES + LESION_NAMES)
+
+    rows = _read_csv(tmp_path / "metrics_per_case.csv")
+    assert rows[0] == ["filename", *NAMES, *LESION_NAMES]
+    assert len(rows) == 6
+    for r in rows[1:]:
+        name = r[0].rsplit("/", 1)[-1]
+        got = dict(zip(NAMES + LESION_NAMES, r[1:]))
+        exp = LESION_EXPECTED[name]
+        assert float(got["lesion_f1"]) == pytest.approx(exp[0])
+        for col, e in zip(("lesion_count_diff", "n_ref_lesions", "n_pred_lesions"), exp[1:4]):
+            assert got[col] == str(e)  # counts are written as integers
+        assert float(got["volume_diff_ml"]) == pytest.approx(exp[4], rel=1e-6, abs=1e-9)
+        if name in EXPECTED:  # the six default columns are unchanged
+            for col, e in zip(NAMES, EXPECTED[name]):
+                _assert_close(float(got[col]), e)
+
+    summary = json.loads((tmp_path / "metrics_summary.json").read_text())
+    s = summary["metrics"]
+    assert list(s) == NAMES + LESION_NAMES
+    assert s["lesion_f1"] == {
+        "mean": pytest.approx(0.5),
+        "std": pytest.approx(float(np.std([1, 0, 0, 1, 0.5]))),
+        "median": 0.5,
+        "count": 5,
+        "nan_count": 0,
+    }
+    assert s["n_ref_lesions"]["mean"] == pytest.approx(1.0) and s["n_pred_lesions"]["mean"] == pytest.approx(0.8)
+    assert s["volume_diff_ml"]["mean"] == pytest.approx(27 * VOXEL_ML / 5, rel=1e-6)
+    assert list(summary["units"]) == NAMES + LESION_NAMES
+    assert "unitless" in summary["units"]["lesion_f1"] and "ml" in summary["units"]["volume_diff_ml"]
+    assert "count" in summary["units"]["lesion_count_diff"] and "count" in summary["units"]["n_ref_lesions"]
+    assert summary["lesion_wise"] == LESION_NAMES
+    assert summary["primary"] == ["dice", "iou", "hd95_mm", "asd_mm"]
+    rules = summary["empty_rules"]
+    assert set(rules) == {"both empty", "prediction empty, reference not", "reference empty, prediction not"}
+    assert rules["both empty"]["lesion_f1"] == 1.0 and rules["both empty"]["dice"] == 1.0
+    assert rules["prediction empty, reference not"]["lesion_f1"] == 0.0
+    assert rules["prediction empty, reference not"]["hd95_mm"] == "nan"
+    assert rules["prediction empty, reference not"]["hd95_voxel"] == 0.0
+    assert rules["reference empty, prediction not"]["lesion_f1"] == 0.0
+    assert all(list(r) == NAMES + LESION_NAMES for r in rules.values())
+    assert "26-connectivity" in summary["notes"] and "lesion_f1 = 1" in summary["notes"]
+
+    table = "\n".join(r.getMessage() for r in caplog.records if r.name == "CaseMetricsWriter")
+    assert "lesion_count_diff" in table and "volume_diff_ml" in table
+
+
+def test_default_summary_has_no_lesion_entries(tmp_path):
+    _run(tmp_path, 2)
+    summary = json.loads((tmp_path / "metrics_summary.json").read_text())
+    assert set(summary) == {"metric_name", "num_cases", "metrics", "units", "primary", "paper_compatible", "notes"}
+    assert list(summary["units"]) == NAMES and list(summary["metrics"]) == NAMES
+
+
+def test_writer_columns_from_width_and_argument(tmp_path):
+    rng = np.random.default_rng(0)
+    values = rng.uniform(size=(2, 11))
+    w = CaseMetricsWriter(tmp_path / "a")
+    w.write(values, ["x", "y"])  # 11 columns: the default + lesion names
+    assert _read_csv(tmp_path / "a" / "metrics_per_case.csv")[0] == ["filename", *NAMES, *LESION_NAMES]
+    w = CaseMetricsWriter(tmp_path / "b", columns=["p", "q"])
+    w.write(values[:, :2], ["x", "y"])
+    rows = _read_csv(tmp_path / "b" / "metrics_per_case.csv")
+    assert rows[0] == ["filename", "p", "q"] and float(rows[1][2]) == pytest.approx(values[0, 1])
+    summary = json.loads((tmp_path / "b" / "metrics_summary.json").read_text())
+    assert summary["units"] == {"p": "unknown", "q": "unknown"} and "empty_rules" not in summary
+    with pytest.raises(ValueError, match="columns"):
+        CaseMetricsWriter(tmp_path / "c").write(values[:, :4], ["x", "y"])
+
+
+def test_handler_lesion_keys():
+    with pytest.raises(ValueError):
+        CaseMetricsHandler(key="lesion_f1")  # not without lesion_metrics=True
+    h = CaseMetricsHandler(key="lesion_f1", lesion_metrics=True)
+    assert h.metric_fn.names == tuple(NAMES + LESION_NAMES)
+
+
+def test_bundle_config_wiring_with_lesion_metrics(tmp_path):
+    """The evaluate.yaml snippet of the ISLES bundle (``lesion_metrics: true``) instantiates and runs."""
+    parser = ConfigParser(
+        {
+            "output_dir": str(tmp_path),
+            "key_metric": {
+                "test": {
+                    "_target_": "custom.handlers.CaseMetricsHandler",
+                    "key": "dice",
+                    "lesion_metrics": True,
+                    "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                }
+            },
+            "handlers": [
+                {"_target_": "custom.handlers.CaseMetricsWriter", "output_dir": "@output_dir", "metric_name": "test"}
+            ],
+        }
+    )
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(Dataset(_lesion_cases()), batch_size=2, num_workers=0),
+        network=torch.nn.Identity(),
+        key_val_metric=parser.get_parsed_content("key_metric"),
+        val_handlers=parser.get_parsed_content("handlers"),
+    )
+    evaluator.run()
+    assert _read_csv(tmp_path / "metrics_per_case.csv")[0][-5:] == LESION_NAMES

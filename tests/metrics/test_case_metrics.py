@@ -181,3 +181,105 @@ def test_summarize_case_metrics():
     assert s["b"] == {"mean": 2.0, "std": 0.0, "median": 2.0, "count": 1, "nan_count": 2}
     s = summarize_case_metrics(np.array([[np.nan]]), ("c",))
     assert s["c"] == {"mean": None, "std": None, "median": None, "count": 0, "nan_count": 1}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# lesion-wise columns (CaseMetrics(lesion_metrics=True))
+# ----------------------------------------------------------------------------------------------------------------------
+LESION_NAMES = ("lesion_f1", "lesion_count_diff", "n_ref_lesions", "n_pred_lesions", "volume_diff_ml")
+
+
+def _lesion_masks():
+    """Five hand-made cases (spacing (1, 1, 2): one voxel = 2 mm^3 = 0.002 ml) and their lesion-wise values, worked
+    out by hand: (pred, ref, [lesion_f1, count_diff, n_ref, n_pred, volume_diff_ml])."""
+    e = np.zeros(SHAPE, np.float32)
+    two = e.copy()
+    two[2:4, 2:4, 2:4] = 1  # lesion 1 (8 voxels)
+    two[6:8, 6:8, 6:8] = 1  # lesion 2 (8 voxels), 2 voxels away from lesion 1: separate
+    one_plus_fp = e.copy()
+    one_plus_fp[2:4, 2:4, 2:4] = 1  # hits lesion 1
+    one_plus_fp[9, 0, 9] = 1  # a false-positive component
+    corner = e.copy()
+    corner[2, 2, 2] = corner[3, 3, 3] = 1  # touching by a corner only: ONE lesion under 26-connectivity
+    single = voxel((3, 3, 3))
+    return [
+        # TP 1, FN 1, FP 1 -> 1 / (1 + 1) = 0.5; 2 vs 2 lesions; |9 - 16| voxels = 14 mm^3
+        (one_plus_fp, two, [0.5, 0, 2, 2, 0.014]),
+        # the single voxel hits the corner-connected lesion: F1 1; |1 - 2| voxels = 2 mm^3
+        (single, corner, [1.0, 0, 1, 1, 0.002]),
+        # empty prediction: every reference lesion missed
+        (e, two, [0.0, 2, 2, 0, 0.032]),
+        # both empty: perfect detection
+        (e, e, [1.0, 0, 0, 0, 0.0]),
+        # empty reference, one predicted voxel: all false positive
+        (single, e, [0.0, 1, 0, 1, 0.002]),
+    ]
+
+
+def test_case_metrics_lesion_columns_hand_made():
+    cases = _lesion_masks()
+    sp = (1.0, 1.0, 2.0)
+    b = _batch([c[0] for c in cases], [c[1] for c in cases], [sp] * len(cases), rotate=True)
+    default = CaseMetrics()
+    with_lesions = CaseMetrics(lesion_metrics=True)
+    assert default.names == CaseMetrics.names == METRIC_NAMES_6
+    assert with_lesions.names == METRIC_NAMES_6 + LESION_NAMES
+    base = default(b["pred"], b["label"])
+    out = with_lesions(b["pred"], b["label"])
+    assert base.shape == (5, 6) and out.shape == (5, 11)
+    # the first six columns are exactly the default ones (default behaviour unchanged)
+    torch.testing.assert_close(out[:, :6], base, equal_nan=True)
+    np.testing.assert_allclose(out[:, 6:].numpy(), np.array([c[2] for c in cases]), rtol=1e-6, atol=1e-7)
+    # lesion-wise values are never NaN, so the means include lesion-free cases
+    agg = with_lesions.aggregate()
+    assert list(agg) == list(METRIC_NAMES_6 + LESION_NAMES)
+    assert agg["lesion_f1"] == pytest.approx((0.5 + 1 + 0 + 1 + 0) / 5)
+    assert agg["lesion_count_diff"] == pytest.approx(3 / 5)
+    assert agg["volume_diff_ml"] == pytest.approx((0.014 + 0.002 + 0.032 + 0.0 + 0.002) / 5)
+    summ = with_lesions.summary()
+    assert all(summ[k]["nan_count"] == 0 and summ[k]["count"] == 5 for k in LESION_NAMES)
+    rows = with_lesions.per_case_rows
+    assert rows[2]["n_ref_lesions"] == 2.0 and rows[2]["n_pred_lesions"] == 0.0
+
+
+def test_case_metrics_lesion_columns_use_the_same_spacing():
+    pred, ref = voxel((5, 5, 5)), np.zeros(SHAPE, np.float32)
+    ref[4:6, 5, 5] = 1  # 2 voxels -> volume difference 1 voxel
+    pt, rt = torch.from_numpy(onehot(pred))[None], torch.from_numpy(onehot(ref))[None]
+    out = CaseMetrics(spacing=(0.5, 2.0, 3.0), lesion_metrics=True)(pt, rt)
+    assert out[0, 10].item() == pytest.approx(0.5 * 2.0 * 3.0 / 1000)
+    meta = MetaTensor(pt, affine=affine_for((2.0, 2.0, 4.0), rotate=True))
+    out = CaseMetrics(lesion_metrics=True)(meta, MetaTensor(rt, affine=affine_for((2.0, 2.0, 4.0), rotate=True)))
+    assert out[0, 10].item() == pytest.approx(16.0 / 1000)
+    with pytest.raises(ValueError, match="lesion_metrics"):
+        CaseMetrics(lesion_metrics="yes")
+
+
+def test_metric_names_and_units():
+    from custom.metrics import EMPTY_RULES, LESION_METRIC_UNITS, METRIC_UNITS, metric_names
+
+    assert metric_names() == METRIC_NAMES_6
+    assert metric_names(True) == METRIC_NAMES_6 + LESION_NAMES
+    assert set(LESION_METRIC_UNITS) == set(LESION_NAMES) and set(METRIC_UNITS) == set(METRIC_NAMES_6)
+    assert "ml" in LESION_METRIC_UNITS["volume_diff_ml"] and "unitless" in LESION_METRIC_UNITS["lesion_f1"]
+    for rule in EMPTY_RULES.values():  # every column has a rule for every empty case
+        assert set(rule) == set(METRIC_NAMES_6 + LESION_NAMES)
+    # the rules agree with what the metrics compute on empty masks
+    e = np.zeros(SHAPE, np.float32)
+    two = e.copy()
+    two[1:3, 1:3, 1:3] = 1
+    two[6:8, 6:8, 6:8] = 1
+    b = _batch([e, e, two], [e, two, e], [(1.0, 1.0, 1.0)] * 3)
+    out = CaseMetrics(lesion_metrics=True)(b["pred"], b["label"]).numpy()
+    substitutes = {"n_ref": 2, "n_pred": 2, "ref volume": 0.016, "pred volume": 0.016, "nan": math.nan}
+    for row, case in zip(out, ("both empty", "prediction empty, reference not", "reference empty, prediction not")):
+        for j, name in enumerate(metric_names(True)):
+            want = EMPTY_RULES[case][name]
+            want = substitutes.get(want, want) if isinstance(want, str) else want
+            if math.isnan(want):
+                assert math.isnan(row[j]), (case, name)
+            else:
+                assert row[j] == pytest.approx(want), (case, name)
+
+
+METRIC_NAMES_6 = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
