@@ -67,6 +67,8 @@ from custom.data.datalist import (
     atomic_dataset,
     build_datalist,
     check_destination,
+    check_outside,
+    present_in_lists,
     read_id_list,
     split_training,
     write_datalist,
@@ -455,15 +457,11 @@ def prepare_brats19(
     mode, channels = _modalities(modalities)
     lists, splits_origin = official_splits(splits)
     release = find_release(src_p)
-    dst_r = dst_p.resolve()
-    if dst_r == src_p or src_p in dst_r.parents or dst_r in src_p.parents:
-        raise DatasetError(f"dst {dst_p} must be outside src {src_p} (raw data are never modified in place)")
+    check_outside(src_p, dst_p)
 
     present = release.cases
-    missing = {key: [i for i in ids if i not in present] for key, ids in lists.items()}
-    listed = {i for ids in lists.values() for i in ids}
-    unlisted = sorted(i for i in present if i not in listed)
-    train_ids, val_ids, test_ids = ([i for i in lists[k] if i in present] for k in ("training", "validation", "test"))
+    found, missing, unlisted = present_in_lists(lists, present)
+    train_ids, val_ids, test_ids = (found[k] for k in ("training", "validation", "test"))
 
     split = split_training(train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=0,
                            default_labeled=DEFAULT_LABELED)

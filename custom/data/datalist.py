@@ -384,3 +384,32 @@ def _install(tmp: Path, dst: Path) -> None:
         os.replace(old, dst)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------- shared by every preparation
+
+
+def check_outside(src: Path, dst: Path) -> None:
+    """Refuse a destination inside the source (or the reverse): raw data are never modified in place."""
+    src_r, dst_r = Path(src).resolve(), Path(dst).resolve()
+    if dst_r == src_r or src_r in dst_r.parents or dst_r in src_r.parents:
+        raise DatasetError(f"dst {dst} must be outside src {src} (raw data are never modified in place)")
+
+
+def present_in_lists(
+    lists: Mapping[str, Sequence[str]], present: Any
+) -> tuple[dict[str, list[str]], dict[str, list[str]], list[str]]:
+    """Match official split lists with the cases found in a release.
+
+    Args:
+        lists: list name -> ordered ids (e.g. ``{"training": [...], "test": [...]}``).
+        present: the ids found in the release (any container).
+
+    Returns:
+        ``(found, missing, unlisted)``: per list the present ids in list order and the absent ids, and the sorted
+        present ids that are in no list.
+    """
+    found = {key: [i for i in ids if i in present] for key, ids in lists.items()}
+    missing = {key: [i for i in ids if i not in present] for key, ids in lists.items()}
+    listed = {i for ids in lists.values() for i in ids}
+    return found, missing, sorted(i for i in present if i not in listed)

@@ -74,6 +74,7 @@ from custom.data.datalist import (
     atomic_dataset,
     build_datalist,
     check_destination,
+    check_outside,
     select_labeled,
     write_datalist,
 )
@@ -541,9 +542,7 @@ def prepare_isles22(
     fold_path = split_file(fold, splits)
     fold_data = read_fold(fold_path)
     release = _find_release(src_p)
-    dst_r = dst_p.resolve()
-    if dst_r == src_p or src_p in dst_r.parents or dst_r in src_p.parents:
-        raise DatasetError(f"dst {dst_p} must be outside src {src_p} (raw data are never modified in place)")
+    check_outside(src_p, dst_p)
 
     present: dict[str, CaseFiles] = {}
     reasons: dict[str, str] = {}

@@ -64,6 +64,8 @@ from custom.data.datalist import (
     atomic_dataset,
     build_datalist,
     check_destination,
+    check_outside,
+    present_in_lists,
     read_id_list,
     split_training,
     write_datalist,
@@ -755,16 +757,11 @@ def prepare_pancreas(
         raise DatasetError(f"interpolation must be 'linear' or 'bspline', got {interpolation!r}")
     train_all, test_all, train_path, test_path = read_split_lists(splits)
     source = _find_source(src_p, layout)
-    dst_r = dst_p.resolve()
-    if dst_r == src_p or src_p in dst_r.parents or dst_r in src_p.parents:
-        raise DatasetError(f"dst {dst_p} must be outside src {src_p} (raw data are never modified in place)")
+    check_outside(src_p, dst_p)
 
-    missing_train = [i for i in train_all if i not in source.cases]
-    missing_test = [i for i in test_all if i not in source.cases]
-    listed = set(train_all) | set(test_all)
-    unlisted = sorted(i for i in source.cases if i not in listed)
-    train_ids = [i for i in train_all if i in source.cases]
-    test_ids = [i for i in test_all if i in source.cases]
+    found, missing, unlisted = present_in_lists({"training": train_all, "test": test_all}, source.cases)
+    train_ids, test_ids = found["training"], found["test"]
+    missing_train, missing_test = missing["training"], missing["test"]
     split = split_training(train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=val,
                            default_labeled=DEFAULT_LABELED)
 
