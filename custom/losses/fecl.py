@@ -23,6 +23,9 @@ __all__ = ["FeCLLoss"]
 
 # A finite stand-in for log(0): exp() of it is exactly 0 in float32/64, and it keeps gradients finite.
 _LOG_ZERO = -1.0e4
+# Below this temperature exp(S - 1/tau) >= exp(-2/tau) could underflow in float32: the paper variant then sums its
+# denominator in log space instead.
+_LINEAR_MIN_TAU = 0.05
 
 
 class FeCLLoss(_Loss):
@@ -152,26 +155,32 @@ class FeCLLoss(_Loss):
     ) -> torch.Tensor:
         sim = cos / self.temperature
         cos_d = cos.detach().clamp(0.0, 1.0)
-        if self.gamma == 0:
-            log_w_neg = torch.zeros_like(cos_d)
-            w_pos = torch.ones_like(cos_d)
-        else:
-            log_w_neg = (self.gamma * torch.log(cos_d)).clamp_min(_LOG_ZERO)
-            w_pos = (1.0 - cos_d).pow(self.gamma)
+        w_pos = (1.0 - cos_d).pow(self.gamma) if self.gamma != 0 else torch.ones_like(cos_d)
         if entropy is not None and self.use_entropy:
             w_pos = w_pos * torch.exp(entropy.detach().to(w_pos.dtype)).unsqueeze(2)
 
-        # log(exp(S_iq) + hard_i), hard_i = mean of the top-K exp(z_i . zt_l / tau) over teacher negatives
-        neg_term = sim
+        # hard_i = mean of the top-K exp(z_i . zt_l / tau) over teacher negatives, kept as log_hard_i
+        log_hard = None
         if zt is not None:
             cross = torch.bmm(z, zt.transpose(1, 2)).masked_fill(~neg, _LOG_ZERO * self.temperature)
             k = min(self.top_k, cross.shape[2])
             top = torch.topk(cross, k, dim=2).values / self.temperature  # (B, N, k)
             n_neg = neg.sum(dim=2, keepdim=True).clamp_max(k).clamp_min(1)
             log_hard = torch.logsumexp(top, dim=2, keepdim=True) - torch.log(n_neg.to(top.dtype))
-            neg_term = torch.logaddexp(sim, log_hard)
-        neg_logits = (log_w_neg + neg_term).masked_fill(~neg, _LOG_ZERO)
-        log_neg = torch.logsumexp(neg_logits, dim=2, keepdim=True)  # (B, N, 1)
+        if self.temperature >= _LINEAR_MIN_TAU:
+            # A_i = log sum_{q in N(i)} F-_iq (exp(S_iq) + hard_i), with the constant shift m = 1/tau >= S, log hard:
+            # every exp() below is <= 1 (bounded, no overflow), and no N x N log / logaddexp is needed
+            shift = 1.0 / self.temperature
+            w_neg = (cos_d.pow(self.gamma) if self.gamma != 0 else torch.ones_like(cos_d)) * neg
+            term = torch.exp(sim - shift)
+            if log_hard is not None:
+                term = term + torch.exp(log_hard - shift)
+            neg_sum = (w_neg * term).sum(dim=2, keepdim=True)
+            log_neg = shift + torch.log(neg_sum.clamp_min(torch.finfo(neg_sum.dtype).tiny))
+        else:  # very small tau: exp(S - 1/tau) could underflow, stay in log space
+            log_w_neg = (self.gamma * torch.log(cos_d)).clamp_min(_LOG_ZERO) if self.gamma != 0 else 0.0
+            neg_term = sim if log_hard is None else torch.logaddexp(sim, log_hard)
+            log_neg = torch.logsumexp((log_w_neg + neg_term).masked_fill(~neg, _LOG_ZERO), dim=2, keepdim=True)
         # log D_ik - S_ik = log(1 + exp(log_neg_i - S_ik))
         n_pos = pos.sum(dim=2)
         per_pair = (w_pos * torch.nn.functional.softplus(log_neg - sim)).masked_fill(~pos, 0.0)

@@ -386,3 +386,35 @@ def test_speed_float32(variant):
     print(f"FeCL {variant} B={b} N={n} D={d} float32 forward+backward: median {median:.3f} s, min {min(times):.3f} s")
     # loose bound on a shared CPU: the fastest of the three runs is the least disturbed by other processes
     assert min(times) < 4.0
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_paper_linear_and_log_space_denominators_agree(monkeypatch, with_teacher):
+    """The paper variant sums its denominator with a constant shift for tau >= 0.05 and in log space below; both
+    computations must give the same value and gradient."""
+    import custom.losses.fecl as fecl_module
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.nn.functional.normalize(torch.randn(2, 40, 8, generator=g, dtype=torch.float64), dim=-1)
+    zt = torch.nn.functional.normalize(torch.randn(2, 40, 8, generator=g, dtype=torch.float64), dim=-1)
+    y = torch.randint(0, 2, (2, 40), generator=g)
+    y[0, :3] = -1
+    h = torch.rand(2, 40, generator=g, dtype=torch.float64)
+    results = []
+    for threshold in (0.05, 10.0):  # linear path, then forced log-space path
+        monkeypatch.setattr(fecl_module, "_LINEAR_MIN_TAU", threshold)
+        zz = z.clone().requires_grad_()
+        value = FeCLLoss("paper", temperature=0.1, top_k=3)(zz, y, zt if with_teacher else None, h)
+        value.backward()
+        results.append((value.detach(), zz.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-14)
+
+
+def test_paper_tiny_temperature_is_finite():
+    g = torch.Generator().manual_seed(4)
+    z = torch.nn.functional.normalize(torch.randn(1, 30, 8, generator=g), dim=-1).requires_grad_()
+    y = torch.randint(0, 2, (1, 30), generator=g)
+    value = FeCLLoss("paper", temperature=0.01)(z, y)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(z.grad).all()
