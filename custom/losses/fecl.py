@@ -202,7 +202,12 @@ class FeCLLoss(_Loss):
         step: float,
     ) -> torch.Tensor:
         sim = cos / self.temperature
-        log_neg = torch.logsumexp(sim.masked_fill(~neg, _LOG_ZERO), dim=2, keepdim=True)
+        if self.temperature >= _LINEAR_MIN_TAU:  # constant shift 1/tau >= S: bounded exps (see _paper)
+            shift = 1.0 / self.temperature
+            neg_sum = (torch.exp(sim - shift) * neg).sum(dim=2, keepdim=True)
+            log_neg = shift + torch.log(neg_sum.clamp_min(torch.finfo(neg_sum.dtype).tiny))
+        else:
+            log_neg = torch.logsumexp(sim.masked_fill(~neg, _LOG_ZERO), dim=2, keepdim=True)
         # -log P_ik = softplus(A_i - S_ik) and 1 - P_ik = sigmoid(A_i - S_ik), A_i = log sum_{q in N(i)} exp(S_iq)
         margin = log_neg - sim
         nll = torch.nn.functional.softplus(margin)

@@ -388,10 +388,11 @@ def test_speed_float32(variant):
     assert min(times) < 4.0
 
 
+@pytest.mark.parametrize("variant", ["paper", "official"])
 @pytest.mark.parametrize("with_teacher", [False, True])
-def test_paper_linear_and_log_space_denominators_agree(monkeypatch, with_teacher):
-    """The paper variant sums its denominator with a constant shift for tau >= 0.05 and in log space below; both
-    computations must give the same value and gradient."""
+def test_linear_and_log_space_denominators_agree(monkeypatch, variant, with_teacher):
+    """FeCL sums its negatives with a constant shift for tau >= 0.05 and in log space below; both computations must
+    give the same value and gradient."""
     import custom.losses.fecl as fecl_module
 
     g = torch.Generator().manual_seed(3)
@@ -404,7 +405,7 @@ def test_paper_linear_and_log_space_denominators_agree(monkeypatch, with_teacher
     for threshold in (0.05, 10.0):  # linear path, then forced log-space path
         monkeypatch.setattr(fecl_module, "_LINEAR_MIN_TAU", threshold)
         zz = z.clone().requires_grad_()
-        value = FeCLLoss("paper", temperature=0.1, top_k=3)(zz, y, zt if with_teacher else None, h)
+        value = FeCLLoss(variant, temperature=0.1, top_k=3)(zz, y, zt if with_teacher else None, h, step=100)
         value.backward()
         results.append((value.detach(), zz.grad))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=0)
