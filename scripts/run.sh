@@ -17,7 +17,6 @@ setup() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   echo "[setup] creating $venv and installing pinned dependencies (first run only)" >&2
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   # torch first, pinned: a plain 'torch' requirement could pull another (multi-GB) build
   "$venv/bin/python" -m pip install -q "torch==2.14.1" 2>&1 | grep -v "is ignored" || true
   "$venv/bin/python" -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
