@@ -88,6 +88,15 @@ class DyconCLI:
 
         run_demo(workdir=workdir, source=source, iterations=iterations, **kwargs)
 
+    def export(
+        self, bundle: str, dst: str, zip: bool = False, model: str | None = None, torchscript: bool = False
+    ) -> str:
+        """Self-contained copy of a bundle (name or folder) with the ``custom`` package inside: ``DST/<bundle>/``
+        (``--zip``: also ``DST/<bundle>.zip``); ``--model model.pt`` ships weights, ``--torchscript`` adds model.ts."""
+        from custom.export import export_bundle
+
+        return str(export_bundle(bundle, dst, zip=zip, model=model, torchscript=torchscript))
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``dycon`` console script."""
