@@ -1,0 +1,235 @@
+"""Steady-state time of one DyCON training iteration (the real ``MeanTeacherTrainer._iteration``).
+
+Three arms with the same network, inputs and settings, each in a fresh subprocess (so the peak RSS is its own):
+
+* ``dycon``: the bundle's objective, supervised + eta * (UnCL + FeCL);
+* ``mean_teacher``: a plain mean teacher, ``DyCONLoss(uncl_weight=0, fecl_weight=0, mse_weight=1)`` (single-softmax
+  MSE consistency, no embeddings / projection-head forward);
+* ``supervised``: no unlabeled loader, no teacher (only the labeled part of the batch).
+
+What one timed iteration contains: student forward on labeled + unlabeled, teacher forward (no_grad, noisy input),
+losses, backward, gradient clipping, SGD step, and the handlers (ScheduleHandler for beta, TeacherEMAHandler).
+The loader is excluded: batches are pre-built tensors on the device, served by a trivial in-memory iterable.
+The clock starts at Ignite's GET_BATCH_COMPLETED and stops after the last ITERATION_COMPLETED handler
+(``torch.cuda.synchronize`` at both ends on CUDA). The first ``--warmup`` iterations are dropped.
+
+Example (CPU, small)::
+
+    python benchmarks/train_step.py --bundle la --patch 48 48 32 --labeled 2 --unlabeled 2 --repeats 5 --warmup 2
+
+Prints one JSON object: settings, machine, per-arm median/min/max s/iteration and peak memory, and the ratios
+dycon / mean_teacher and dycon / supervised of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import BUNDLES, bundle_defaults, current_rss_mib, machine, peak_rss_mib, run_child, stats
+
+ARMS = ("dycon", "mean_teacher", "supervised")
+AMP = {"off": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+class _Repeat:
+    """An endless in-memory 'loader' yielding the same pre-built batch (loader cost excluded)."""
+
+    def __init__(self, batch: dict) -> None:
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch
+
+
+def _batches(args, device):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    shape = tuple(args.patch)
+
+    def volume(n, with_label):
+        # a noisy sphere per volume, so the labels have foreground and the losses are non-trivial
+        grid = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij"))
+        centre = torch.tensor(shape, dtype=torch.float32).view(3, 1, 1, 1) / 2
+        radius = min(shape) / 4
+        mask = ((grid - centre) ** 2).sum(0) < radius**2
+        img = mask.float().expand(n, 1, *shape) + 0.5 * torch.randn(n, 1, *shape, generator=g)
+        d = {"image": img.contiguous().to(device)}
+        if with_label:
+            d["label"] = mask.float().expand(n, 1, *shape).contiguous().to(device)
+        return d
+
+    return volume(args.labeled, True), volume(args.unlabeled, False)
+
+
+def run_arm(args) -> dict:
+    """One arm in this process: build, run warmup + repeats iterations, time them."""
+    import torch
+    from ignite.engine import Events
+
+    from custom.engines import MeanTeacherTrainer
+    from custom.handlers import ScheduleHandler, TeacherEMAHandler
+    from custom.losses import DyCONLoss, FeCLLoss
+    from custom.networks import UNet3D, make_teacher
+    from custom.schedules import BetaSchedule
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    net = UNet3D(in_channels=1, out_channels=2, features=tuple(args.features)).to(device)
+    semi = args.arm != "supervised"
+    teacher = make_teacher(net).to(device) if semi else None
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last_3d)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last_3d)
+    if args.arm == "mean_teacher":
+        loss = DyCONLoss(eta=args.eta, uncl_weight=0.0, fecl_weight=0.0, mse_weight=1.0)
+    else:
+        loss = DyCONLoss(eta=args.eta, fecl=FeCLLoss(variant=args.fecl_variant))
+    opt = torch.optim.SGD(net.parameters(), lr=args.learning_rate, momentum=0.9, weight_decay=1e-4)
+    lab, unl = _batches(args, device)
+    handlers = [ScheduleHandler("beta", BetaSchedule(args.beta_max, args.beta_min, args.max_iterations))]
+    if semi:
+        handlers.append(TeacherEMAHandler(teacher, decay=0.99))
+    n_iter = args.warmup + args.repeats
+    amp_dtype = AMP[args.amp]
+    trainer = MeanTeacherTrainer(
+        device,
+        1,
+        _Repeat(lab),
+        net,
+        opt,
+        loss,
+        teacher=teacher,
+        unlabeled_data_loader=_Repeat(unl) if semi else None,
+        epoch_length=n_iter,
+        seed=1337,
+        amp=amp_dtype is not None,
+        amp_dtype=amp_dtype or "float16",
+        channels_last=args.channels_last,
+        train_handlers=handlers,
+    )
+    cuda = device.type == "cuda"
+    times: list[float] = []
+    start = [0.0]
+
+    def tic(_):
+        if cuda:
+            torch.cuda.synchronize(device)
+        start[0] = time.perf_counter()
+
+    def toc(engine):
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start[0])
+
+    trainer.add_event_handler(Events.GET_BATCH_COMPLETED, tic)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, toc)  # after the EMA / schedule handlers
+    rss_before = current_rss_mib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.run()
+    out = getattr(trainer.state, "output", {}) or {}
+    result = {
+        "arm": args.arm,
+        **stats(times[args.warmup:]),
+        "warmup_s": times[: args.warmup],
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_before_run_mib": rss_before,
+        "skipped_steps": int(trainer.state.skipped_steps),
+        "last_loss": {k: float(out[k]) for k in ("loss", "supervised", "uncl", "fecl", "mse") if k in out},
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if cuda:
+        result["max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", choices=BUNDLES, default="la", help="bundle whose train.yaml gives the defaults")
+    p.add_argument("--patch", type=int, nargs=3, default=None, help="patch size (default: the bundle's patch_size)")
+    p.add_argument("--labeled", type=int, default=None, help="labeled volumes per batch (default: the bundle's)")
+    p.add_argument("--unlabeled", type=int, default=None, help="unlabeled volumes per batch (default: the bundle's)")
+    p.add_argument("--features", type=int, nargs="+", default=None,
+                   help="UNet3D channels per level (default: the bundle's network, 16 32 64 128 256)")
+    p.add_argument("--fecl-variant", choices=("official", "paper"), default=None)
+    p.add_argument("--amp", choices=tuple(AMP), default="off")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--repeats", type=int, default=5, help="timed iterations per arm")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--arm", choices=ARMS, default=None, help=argparse.SUPPRESS)  # internal: run one arm here
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    d = bundle_defaults(args.bundle)
+    args.config = d["config"]
+    args.patch = list(args.patch or d["patch_size"])
+    args.labeled = args.labeled if args.labeled is not None else d["labeled_batch_size"]
+    args.unlabeled = args.unlabeled if args.unlabeled is not None else d["unlabeled_batch_size"]
+    args.features = list(args.features or d["features"] or (16, 32, 64, 128, 256))
+    args.fecl_variant = args.fecl_variant or d["fecl_variant"]
+    for k in ("eta", "beta_max", "beta_min", "learning_rate", "max_iterations"):
+        setattr(args, k, d[k])
+    if args.labeled < 1 or args.unlabeled < 1:
+        p.error("--labeled and --unlabeled must be >= 1")
+    return args
+
+
+def _child_argv(args, arm):
+    argv = ["--bundle", args.bundle, "--patch", *map(str, args.patch), "--labeled", str(args.labeled),
+            "--unlabeled", str(args.unlabeled), "--features", *map(str, args.features),
+            "--fecl-variant", args.fecl_variant, "--amp", args.amp, "--device", args.device,
+            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads), "--arm", arm]
+    return argv + (["--channels-last"] if args.channels_last else [])
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.arm is not None:
+        res = run_arm(args)
+        print(json.dumps(res))
+        return res
+    arms = {arm: run_child(Path(__file__), _child_argv(args, arm)) for arm in args.arms}
+    med = {a: r["median_s"] for a, r in arms.items()}
+    ratios = {}
+    if "dycon" in med and "mean_teacher" in med:
+        ratios["dycon_over_mean_teacher"] = med["dycon"] / med["mean_teacher"]
+    if "dycon" in med and "supervised" in med:
+        ratios["dycon_over_supervised"] = med["dycon"] / med["supervised"]
+    if "mean_teacher" in med and "supervised" in med:
+        ratios["mean_teacher_over_supervised"] = med["mean_teacher"] / med["supervised"]
+    result = {
+        "benchmark": "train_step",
+        "command": " ".join(["python", "benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)]),
+        "settings": {
+            "bundle": args.bundle, "config": args.config, "patch": args.patch, "labeled": args.labeled,
+            "unlabeled": args.unlabeled, "features": args.features, "fecl_variant": args.fecl_variant,
+            "amp": args.amp, "channels_last": args.channels_last, "device": args.device, "repeats": args.repeats,
+            "warmup": args.warmup, "threads": args.threads, "eta": args.eta, "loader": "excluded (pre-built batches)",
+            "memory": "peak RSS of the arm's own process (includes ~imports); max_allocated on CUDA",
+        },
+        "machine": machine(),
+        "arms": arms,
+        "ratios_of_medians": ratios,
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

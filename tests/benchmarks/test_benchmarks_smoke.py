@@ -1,0 +1,86 @@
+"""Smoke tests of the benchmark scripts: they run end to end (as a user would) with tiny settings and print JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, *args: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--threads", "1", *args],
+        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _positive_stats(d: dict, repeats: int) -> None:
+    for key in ("median_s", "min_s", "max_s", "peak_rss_mib"):
+        assert d[key] > 0, (key, d)
+    assert d["min_s"] <= d["median_s"] <= d["max_s"]
+    assert d["n"] == repeats == len(d["samples_s"])
+
+
+@pytest.mark.timeout(120)
+def test_train_step_smoke():
+    out = _run("train_step.py", "--bundle", "la", "--patch", "32", "32", "32", "--labeled", "1", "--unlabeled", "1",
+               "--features", "4", "8", "16", "32", "--repeats", "2", "--warmup", "1")
+    assert out["benchmark"] == "train_step"
+    s = out["settings"]
+    assert s["patch"] == [32, 32, 32] and s["labeled"] == 1 and s["unlabeled"] == 1 and s["features"] == [4, 8, 16, 32]
+    assert set(out["arms"]) == {"dycon", "mean_teacher", "supervised"}
+    for arm, d in out["arms"].items():
+        _positive_stats(d, 2)
+        assert len(d["warmup_s"]) == 1
+        assert d["skipped_steps"] == 0
+    # the arms really differ in objective
+    assert out["arms"]["dycon"]["last_loss"]["uncl"] != 0 and out["arms"]["dycon"]["last_loss"]["fecl"] != 0
+    assert out["arms"]["mean_teacher"]["last_loss"]["uncl"] == 0 and out["arms"]["mean_teacher"]["last_loss"]["mse"] > 0
+    assert out["arms"]["supervised"]["last_loss"]["loss"] == out["arms"]["supervised"]["last_loss"]["supervised"]
+    for key in ("dycon_over_mean_teacher", "dycon_over_supervised"):
+        assert out["ratios_of_medians"][key] > 0
+    assert out["machine"]["torch"]
+
+
+@pytest.mark.timeout(120)
+def test_inference_smoke():
+    out = _run("inference.py", "--volume", "64", "64", "48", "--paper-roi", "32", "--paper-stride-xy", "16",
+               "--paper-stride-z", "8", "--bundle-roi", "32", "32", "32", "--features", "4", "8", "16", "32",
+               "--repeats", "2")
+    assert out["benchmark"] == "inference"
+    assert out["settings"]["volume"] == [64, 64, 48]
+    res = out["results"]
+    assert set(res) == {"paper", "bundle", "paper_roi_half"}
+    for d in res.values():
+        _positive_stats(d, 2)
+        assert d["windows"] > 0
+    assert res["paper"]["stride"] == [16, 16, 8]  # the exact stride, not MONAI's floating-point rounding of it
+    assert res["bundle"]["overlap"] == [0.5, 0.5, 0.5]
+    # 64x64x48 with roi 32: stride 16/16/8 -> 3*3*3 windows; overlap 0.5 -> 3*3*2
+    assert res["paper"]["windows"] == 27 and res["bundle"]["windows"] == 18
+    for agree in out["agreement"].values():
+        assert 0.0 <= agree["dice_foreground"] <= 1.0
+        assert 0.0 <= agree["voxel_agreement"] <= 1.0
+    assert set(out["agreement"]) == {"bundle_vs_paper", "paper_roi_half_vs_paper"}
+
+
+def test_overlap_for_stride_is_exact():
+    sys.path.insert(0, str(REPO))
+    from benchmarks.inference import overlap_for_stride
+
+    for roi in (32, 80, 96, 112):
+        for stride in range(1, roi + 1):
+            o = overlap_for_stride(roi, stride)
+            assert int(roi * (1 - o)) == stride
+    assert int(96 * (1 - (1 - 16 / 96))) == 15  # why overlap_for_stride exists
