@@ -206,6 +206,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 "unlabeled batches must not carry a 'label': the labels of unlabeled cases are never loaded "
                 "(check the unlabeled datalist and transforms)"
             )
+        names = getattr(batch[Keys.IMAGE], "meta", {}).get("filename_or_obj", [])
+        self.state.unlabeled_files = [str(n) for n in ([names] if isinstance(names, str) else names)]  # cases drawn
         return batch
 
     # --------------------------------------------------------------- iteration
