@@ -9,12 +9,16 @@ from typing import Any
 
 from custom.data.datalist import DatasetError
 
-__all__ = ["DatasetError", "inference_inputs", "load_split", "stream_loader"]
+__all__ = ["DatasetError", "check_dataset", "inference_inputs", "load_split", "stream_loader"]
 
 _LAZY = {"inference_inputs", "load_split", "stream_loader"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "check_dataset":
+        from custom.data import validation
+
+        return validation.check_dataset
     if name in _LAZY:
         from custom.data import loaders
 
