@@ -92,7 +92,8 @@ def _check_entry(
         if bad.size:
             shown = ", ".join(f"{v:g}" for v in bad[:5].tolist()) + (" ..." if bad.size > 5 else "")
             raise DatasetError(
-                f"{label_path}: label values {shown} outside the expected set {{{', '.join(map(str, allowed.tolist()))}}}"
+                f"{label_path}: label values {shown} outside the expected set "
+                f"{{{', '.join(map(str, allowed.tolist()))}}}"
             )
 
 
@@ -115,7 +116,9 @@ def check_dataset(
 
     path = Path(datalist)
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {path.parent} (prepare the dataset first, e.g. 'dycon prepare la')")
+        raise FileNotFoundError(
+            f"dataset folder not found: {path.parent} (prepare the dataset first, e.g. 'dycon prepare la')"
+        )
     if isinstance(keys, str):
         keys = (keys,)
     for key in keys:

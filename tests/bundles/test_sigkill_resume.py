@@ -78,7 +78,9 @@ def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.xfail(
-    raises=AssertionError, strict=False, reason="MONAI CheckpointSaver writes with atomic=False: a kill mid-save truncates"
+    raises=AssertionError,
+    strict=False,
+    reason="MONAI CheckpointSaver writes with atomic=False: a kill mid-save truncates",
 )
 def test_checkpoint_never_truncated(prep: Path, tmp_path: Path):
     victim = _popen(_cmd(prep, tmp_path / "out"), tmp_path / "run.log")
