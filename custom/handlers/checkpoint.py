@@ -2,7 +2,7 @@
 
 A bundle config cannot put ``@train#trainer`` into the ``save_dict`` of a handler that the trainer itself is built
 with (a reference cycle), so these subclasses of MONAI's handlers add the engine they are attached to under
-``"trainer"``. Everything else (atomic writes by Ignite's DiskSaver, ``weights_only=True`` loading, keeping the
+``"trainer"``; the saver also writes atomically. Everything else (``weights_only=True`` loading, keeping the
 engine's ``max_epochs`` when resuming) is MONAI's.
 """
 
@@ -19,7 +19,17 @@ __all__ = ["TrainingCheckpointSaver", "TrainingCheckpointLoader", "latest_checkp
 
 
 class TrainingCheckpointSaver(CheckpointSaver):
-    """:class:`monai.handlers.CheckpointSaver` whose ``save_dict`` also holds the engine it is attached to."""
+    """:class:`monai.handlers.CheckpointSaver` whose ``save_dict`` also holds the engine it is attached to, and whose
+    files are written atomically (a temporary file in the same folder, then ``os.replace``), so that a run killed
+    while saving never leaves a truncated checkpoint for ``--resume`` to pick up. MONAI builds Ignite's DiskSaver
+    with ``atomic=False`` (for group read permissions, which Ignite >= 0.5 restores after an atomic save)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint"):
+            checkpoint = getattr(self, name, None)
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.setdefault("trainer", engine)

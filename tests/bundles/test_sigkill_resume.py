@@ -3,10 +3,8 @@ teacher, optimizer, schedules, trainer iteration) and ends at the same iteration
 an uninterrupted run.
 
 ``test_checkpoint_never_truncated`` kills the run the moment a checkpoint file APPEARS: with an atomic write
-(temporary file + rename) it is complete. It is an expected failure for now: MONAI's ``CheckpointSaver`` builds
-Ignite's ``DiskSaver`` with ``atomic=False`` (monai/handlers/checkpoint_saver.py), so ``torch.save`` writes the
-final name in place and a kill mid-write leaves a truncated ``checkpoint_epoch=N.pt`` (EOFError on load) that
-``--resume true`` then picks as the newest one. Fix in custom/handlers/checkpoint.py, then drop the xfail.
+(temporary file + rename, custom.handlers.TrainingCheckpointSaver) it is complete. MONAI's own CheckpointSaver
+builds Ignite's DiskSaver with ``atomic=False``, which left truncated files here before that fix.
 """
 
 from __future__ import annotations
@@ -77,11 +75,6 @@ def prep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "prep"
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=False,
-    reason="MONAI CheckpointSaver writes with atomic=False: a kill mid-save truncates",
-)
 def test_checkpoint_never_truncated(prep: Path, tmp_path: Path):
     victim = _popen(_cmd(prep, tmp_path / "out"), tmp_path / "run.log")
     ckpts = tmp_path / "out" / "eval" / "checkpoints"

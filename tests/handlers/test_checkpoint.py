@@ -56,3 +56,10 @@ def test_loss_parts():
     out = {"loss": torch.tensor(1.5), "uncl": torch.tensor(0.25), "image": torch.zeros(1)}
     assert loss_parts(out) == {"loss": 1.5, "uncl": 0.25}
     assert loss_parts([out]) == {"loss": 1.5, "uncl": 0.25}
+
+
+def test_saver_writes_atomically(tmp_path):
+    saver = TrainingCheckpointSaver(save_dir=str(tmp_path), save_dict={"net": torch.nn.Linear(2, 2)}, save_interval=1,
+                                    save_final=True, final_filename="final.pt")
+    assert saver._interval_checkpoint.save_handler._atomic
+    assert saver._final_checkpoint.save_handler._atomic
