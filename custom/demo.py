@@ -140,6 +140,8 @@ def run_demo(
     print(f"\n  model         {work / 'models' / 'model.pt'}")
     print(f"  metrics       {work / 'eval' / 'metrics_per_case.csv'}, metrics_summary.json")
     print(f"  masks         {work / 'masks'}")
+    print(f"  pictures      {work / 'eval' / 'pictures'} (validation overlays, per-case test panels), "
+          f"{work / 'eval' / 'training_curve.png'}")
     print(f"  tensorboard   tensorboard --logdir {work / 'eval'}")
     print(f"  full log      {log}")
     return work
