@@ -68,11 +68,13 @@ from custom.data.datalist import (
     build_datalist,
     check_destination,
     check_outside,
+    check_split_arguments,
     present_in_lists,
     read_id_list,
     split_training,
     write_datalist,
 )
+from custom.data.nifti import write_nifti
 
 __all__ = [
     "CHANNELS_ALL",
@@ -387,16 +389,6 @@ def preprocess_case(
     return image, label, new_affine, info
 
 
-def _write_nifti(array: np.ndarray, path: Path, affine: np.ndarray, dtype: type) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.ascontiguousarray(array, dtype=dtype), affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))  # nibabel gzips deterministically (mtime 0): reruns give identical bytes
-
 
 # -------------------------------------------------------------------------------------------------- prepare
 
@@ -446,14 +438,7 @@ def prepare_brats19(
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    for name, flag in (("random", random), ("overwrite", overwrite)):
-        if not isinstance(flag, bool):
-            raise DatasetError(f"{name} must be True or False, got {flag!r}")
-    if labeled is not None and fraction is not None:
-        raise DatasetError(
-            f"give either labeled (a count) or fraction (a share), not both (got labeled={labeled!r}, "
-            f"fraction={fraction!r})"
-        )
+    check_split_arguments(labeled, fraction, random, overwrite)
     mode, channels = _modalities(modalities)
     lists, splits_origin = official_splits(splits)
     release = find_release(src_p)
@@ -534,8 +519,8 @@ def prepare_brats19(
             files = _case_files(case_dir, case_id)
             images, seg, affine = load_case(files)
             image, label, new_affine, info = preprocess_case(images, seg, affine, channels, seg_path=files["seg"])
-            _write_nifti(image, tmp / image_rel(case_id), new_affine, np.float32)
-            _write_nifti(label, tmp / label_rel(case_id), new_affine, np.uint8)
+            write_nifti(image, tmp / image_rel(case_id), new_affine, np.float32)
+            write_nifti(label, tmp / label_rel(case_id), new_affine, np.uint8)
             datalist["dycon"]["cases"][case_id] = {"grade": grade, **info}
             if k % _PROGRESS_EVERY == 0 and k < len(cases):
                 _info(f"{k}/{len(cases)} cases")

@@ -413,3 +413,14 @@ def present_in_lists(
     missing = {key: [i for i in ids if i not in present] for key, ids in lists.items()}
     listed = {i for ids in lists.values() for i in ids}
     return found, missing, sorted(i for i in present if i not in listed)
+
+
+def check_split_arguments(labeled: Any, fraction: Any, random: Any, overwrite: Any) -> None:
+    """The argument checks every ``prepare_*`` starts with: boolean flags, and ``labeled`` xor ``fraction``."""
+    for name, flag in (("random", random), ("overwrite", overwrite)):
+        _check_bool(flag, name)
+    if labeled is not None and fraction is not None:
+        raise DatasetError(
+            f"give either labeled (a count) or fraction (a share), not both (got labeled={labeled!r}, "
+            f"fraction={fraction!r})"
+        )

@@ -75,9 +75,11 @@ from custom.data.datalist import (
     build_datalist,
     check_destination,
     check_outside,
+    check_split_arguments,
     select_labeled,
     write_datalist,
 )
+from custom.data.nifti import write_nifti
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -172,6 +174,12 @@ def read_fold(path: str | os.PathLike[str]) -> dict[str, Any]:
             metrics[str(entry["case_id"])] = {k: v for k, v in entry.items() if k != "case_id"}
     out["metrics"] = metrics
     return out
+
+
+def _codes(header: Any) -> tuple[int, int]:
+    """(qform, sform) codes of the written files: the DWI header's, 1 where it has none."""
+    q, s = int(header["qform_code"]), int(header["sform_code"])
+    return q or s or 1, s or q or 1
 
 
 def _channels(channels: Any) -> tuple[str, ...]:
@@ -471,18 +479,6 @@ def _flair_status(files: CaseFiles, shape: tuple[int, ...], affine: np.ndarray) 
 # -------------------------------------------------------------------------------------------------- writing
 
 
-def _write_nifti(array: np.ndarray, path: Path, affine: np.ndarray, header: Any, dtype: type) -> None:
-    """Write with the source affine; sform/qform codes taken from the DWI header (1 where it has none)."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.ascontiguousarray(array, dtype=dtype), affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm")
-    q, s = int(header["qform_code"]), int(header["sform_code"])
-    img.set_qform(affine, code=q or s or 1)
-    img.set_sform(affine, code=s or q or 1)
-    nib.save(img, str(path))  # nibabel gzips deterministically (mtime 0): reruns give identical bytes
-
 
 def _shown(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "")
@@ -530,14 +526,7 @@ def prepare_isles22(
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    for name, flag in (("random", random), ("overwrite", overwrite)):
-        if not isinstance(flag, bool):
-            raise DatasetError(f"{name} must be True or False, got {flag!r}")
-    if labeled is not None and fraction is not None:
-        raise DatasetError(
-            f"give either labeled (a count) or fraction (a share), not both (got labeled={labeled!r}, "
-            f"fraction={fraction!r})"
-        )
+    check_split_arguments(labeled, fraction, random, overwrite)
     chans = _channels(channels)
     fold_path = split_file(fold, splits)
     fold_data = read_fold(fold_path)
@@ -630,8 +619,10 @@ def prepare_isles22(
         (tmp / "labels").mkdir()
         for case_id, role in roles.items():
             case = load_case(present[case_id], chans)
-            _write_nifti(case["image"], tmp / image_rel(case_id), case["affine"], case["header"], np.float32)
-            _write_nifti(case["label"], tmp / label_rel(case_id), case["affine"], case["header"], np.uint8)
+            write_nifti(case["image"], tmp / image_rel(case_id), case["affine"], np.float32,
+                        *_codes(case["header"]))
+            write_nifti(case["label"], tmp / label_rel(case_id), case["affine"], np.uint8,
+                        *_codes(case["header"]))
             info = {"split": role, **case["info"]}
             if case_id in fold_data["metrics"]:
                 info["split_file"] = fold_data["metrics"][case_id]

@@ -42,11 +42,13 @@ from custom.data.datalist import (
     build_datalist,
     check_destination,
     check_outside,
+    check_split_arguments,
     present_in_lists,
     read_id_list,
     split_training,
     write_datalist,
 )
+from custom.data.nifti import new_synthetic_folder, write_nifti
 
 __all__ = [
     "CHALLENGE_SPACING",
@@ -330,17 +332,6 @@ def _spacing3(spacing: Any) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-def _write_nifti(array: np.ndarray, path: Path, spacing: tuple[float, float, float], dtype: type) -> None:
-    import nibabel as nib
-
-    affine = np.diag([*spacing, 1.0])
-    img = nib.Nifti1Image(np.ascontiguousarray(array, dtype=dtype), affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))  # nibabel gzips deterministically (mtime 0): reruns give identical bytes
-
 
 def prepare_la(
     src: str | os.PathLike[str],
@@ -381,14 +372,7 @@ def prepare_la(
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
     sp = _spacing3(spacing)
-    for name, flag in (("random", random), ("overwrite", overwrite)):
-        if not isinstance(flag, bool):
-            raise DatasetError(f"{name} must be True or False, got {flag!r}")
-    if labeled is not None and fraction is not None:
-        raise DatasetError(
-            f"give either labeled (a count) or fraction (a share), not both (got labeled={labeled!r}, "
-            f"fraction={fraction!r})"
-        )
+    check_split_arguments(labeled, fraction, random, overwrite)
     source = _find_source(src_p, layout)
     check_outside(src_p, dst_p)
 
@@ -466,8 +450,8 @@ def prepare_la(
                 image, label = load_h5_case(files["h5"])
             else:
                 image, label = preprocess_raw(*load_raw_case(files["image"], files["label"]), case_id=case_id)
-            _write_nifti(image, tmp / image_rel(case_id), sp, np.float32)
-            _write_nifti(label, tmp / label_rel(case_id), sp, np.uint8)
+            write_nifti(image, tmp / image_rel(case_id), np.diag([*sp, 1.0]), np.float32)
+            write_nifti(label, tmp / label_rel(case_id), np.diag([*sp, 1.0]), np.uint8)
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
     _info(f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
@@ -551,13 +535,6 @@ def _write_list(path: Path, ids: Sequence[str]) -> None:
     path.write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
 
 
-def _synth_target(dst: str | os.PathLike[str]) -> Path:
-    dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    if os.path.lexists(dst_p) and not (dst_p.is_dir() and not any(dst_p.iterdir())):
-        raise DatasetError(f"{dst_p} exists and is not empty; the synthetic generator only writes a new folder")
-    return dst_p
-
-
 def synth_la(
     dst: str | os.PathLike[str],
     n_train: int = 8,
@@ -576,7 +553,7 @@ def synth_la(
             raise DatasetError(f"{name} must be a non-negative integer, got {v!r}")
     import nrrd
 
-    dst_p = _synth_target(dst)
+    dst_p = new_synthetic_folder(dst)
     rng = np.random.default_rng(seed)
     ids = _synth_ids(rng, n_train + n_test)
     with atomic_dataset(dst_p) as tmp:
@@ -606,7 +583,7 @@ def synth_la_h5(
     import h5py
 
     shp = _shape3(tuple(shape))
-    dst_p = _synth_target(dst)
+    dst_p = new_synthetic_folder(dst)
     rng = np.random.default_rng(seed)
     ids = _synth_ids(rng, n_train + n_test)
     with atomic_dataset(dst_p) as tmp:

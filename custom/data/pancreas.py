@@ -65,11 +65,13 @@ from custom.data.datalist import (
     build_datalist,
     check_destination,
     check_outside,
+    check_split_arguments,
     present_in_lists,
     read_id_list,
     split_training,
     write_datalist,
 )
+from custom.data.nifti import new_synthetic_folder, write_nifti
 
 __all__ = [
     "CROP_MARGIN",
@@ -693,16 +695,6 @@ def _find_source(src: Path, layout: str) -> _Source:
 # -------------------------------------------------------------------------------------------------- writing
 
 
-def _write_nifti(array: np.ndarray, path: Path, affine: np.ndarray, dtype: type) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(np.ascontiguousarray(array, dtype=dtype), affine)
-    img.header.set_data_dtype(dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))  # deterministic gzip (mtime 0): reruns give identical bytes
-
 
 def prepare_pancreas(
     src: str | os.PathLike[str],
@@ -745,14 +737,7 @@ def prepare_pancreas(
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    for name, flag in (("random", random), ("overwrite", overwrite)):
-        if not isinstance(flag, bool):
-            raise DatasetError(f"{name} must be True or False, got {flag!r}")
-    if labeled is not None and fraction is not None:
-        raise DatasetError(
-            f"give either labeled (a count) or fraction (a share), not both (got labeled={labeled!r}, "
-            f"fraction={fraction!r})"
-        )
+    check_split_arguments(labeled, fraction, random, overwrite)
     if interpolation not in INTERPOLATION_ORDER:
         raise DatasetError(f"interpolation must be 'linear' or 'bspline', got {interpolation!r}")
     train_all, test_all, train_path, test_path = read_split_lists(splits)
@@ -848,8 +833,8 @@ def prepare_pancreas(
                 image, label, affine, info = preprocess_case(raw, raw_aff, lab, lab_aff, case_id, interpolation)
                 del raw, lab
                 case_info[case_id] = info
-            _write_nifti(image, tmp / image_rel(case_id), affine, np.float32)
-            _write_nifti(label, tmp / label_rel(case_id), affine, np.uint8)
+            write_nifti(image, tmp / image_rel(case_id), affine, np.float32)
+            write_nifti(label, tmp / label_rel(case_id), affine, np.uint8)
         datalist["dycon"]["cases"] = case_info
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
@@ -859,13 +844,6 @@ def prepare_pancreas(
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
-
-
-def _synth_target(dst: str | os.PathLike[str]) -> Path:
-    dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    if os.path.lexists(dst_p) and not (dst_p.is_dir() and not any(dst_p.iterdir())):
-        raise DatasetError(f"{dst_p} exists and is not empty; the synthetic generator only writes a new folder")
-    return dst_p
 
 
 @dataclass(frozen=True)
@@ -1027,7 +1005,7 @@ def synth_pancreas(
         if not (0 <= ci < len(case_ids) and 0 <= k < shape[2]):
             raise DatasetError(f"missing_slice={tuple(missing_slice)} is outside {len(case_ids)} cases x {shape[2]} "
                                "slices")
-    dst_p = _synth_target(dst)
+    dst_p = new_synthetic_folder(dst)
     with atomic_dataset(dst_p) as tmp:
         labels = tmp / LABELS_FOLDER
         labels.mkdir()
