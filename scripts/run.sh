@@ -19,8 +19,11 @@ setup() {
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   # torch first, pinned: a plain 'torch' requirement could pull another (multi-GB) build
   "$venv/bin/python" -m pip install -q "torch==2.14.1" 2>&1 | grep -v "is ignored" || true
-  "$venv/bin/python" -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
-  "$venv/bin/python" -c "import torch, monai, ignite, custom" || { echo "[setup] install failed" >&2; exit 1; }
+  "$venv/bin/python" -m pip install -q -e ".[test,monailabel]" 2>&1 | grep -v "is ignored" || true
+  # MONAI Label: these two declare numpy<2 (directly or through numpymaxflow); their other requirements are the
+  # 'monailabel' extra of pyproject.toml (see the comment there)
+  "$venv/bin/python" -m pip install -q --no-deps "monailabel==0.8.5" "pydicom-seg==0.4.1" 2>&1 | grep -v "is ignored" || true
+  "$venv/bin/python" -c "import torch, monai, ignite, custom, monailabel, pydicom_seg" || { echo "[setup] install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 }
 
