@@ -319,6 +319,31 @@ def test_same_seed_same_losses():
     assert c.records[0]["loss"] != a.records[0]["loss"]
 
 
+def test_teacher_inference_mode_matches_no_grad():
+    """The teacher under inference_mode (default) gives exactly what it gives under no_grad, and its running
+    statistics (projection-head BatchNorm) still follow the EMA handler."""
+    a, b = build(epoch_length=3), build(epoch_length=3, teacher_inference_mode=False)
+    assert a.trainer.teacher_inference_mode and not b.trainer.teacher_inference_mode
+    a.trainer.run()
+    b.trainer.run()
+    assert a.records == b.records
+    for k, v in state(a.teacher).items():
+        assert torch.equal(v, state(b.teacher)[k]), k
+
+
+def test_compiled_forward_passes_match_eager():
+    """compile (dynamo tracing; the 'eager' backend keeps the test fast) runs the same iterations, for the student
+    with embeddings and the teacher, and leaves the networks themselves uncompiled."""
+    a, b = build(epoch_length=2), build(epoch_length=2, compile="eager")
+    a.trainer.run()
+    b.trainer.run()
+    assert len(b.trainer._compiled) == 2  # student and teacher, with embeddings
+    assert type(b.net) is UNet3D and "forward_with_embeddings" not in vars(b.net)
+    for ra, rb in zip(a.records, b.records):
+        for k in PARTS:
+            assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), k
+
+
 # ---------------------------------------------------------------------------------------------------- (h)
 def plain_net() -> nn.Module:
     torch.manual_seed(0)
