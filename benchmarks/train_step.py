@@ -5,7 +5,12 @@ Three arms with the same network, inputs and settings, each in a fresh subproces
 * ``dycon``: the bundle's objective, supervised + eta * (UnCL + FeCL);
 * ``mean_teacher``: a plain mean teacher, ``DyCONLoss(uncl_weight=0, fecl_weight=0, mse_weight=1)`` (single-softmax
   MSE consistency, no embeddings / projection-head forward);
-* ``supervised``: no unlabeled loader, no teacher (only the labeled part of the batch).
+* ``supervised``: no unlabeled loader, no teacher (only the labeled part of the batch);
+* ``released_loop`` (opt-in, ``--arms ... released_loop``): the ``dycon`` iteration plus the per-iteration work the
+  authors' released training loop adds (method doc, section 5): UnCL through a (B, B, *spatial) broadcast temporary
+  and a medpy-style HD95 (full-volume Euclidean distance transforms, voxel units) of the labeled training batch
+  after every step. Not the authors' code: a re-creation of those two costs on our iteration, so that the time
+  they waste is measured next to ours at the same settings.
 
 What one timed iteration contains: student forward on labeled + unlabeled, teacher forward (no_grad, noisy input),
 losses, backward, gradient clipping, SGD step, and the handlers (ScheduleHandler for beta, TeacherEMAHandler).
@@ -34,7 +39,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks._common import BUNDLES, bundle_defaults, current_rss_mib, machine, peak_rss_mib, run_child, stats
 
-ARMS = ("dycon", "mean_teacher", "supervised")
+ARMS = ("dycon", "mean_teacher", "supervised", "released_loop")
+DEFAULT_ARMS = ("dycon", "mean_teacher", "supervised")
 AMP = {"off": None, "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -70,6 +76,40 @@ def _batches(args, device):
     return volume(args.labeled, True), volume(args.unlabeled, False)
 
 
+def _released_uncl(student_logits, teacher_logits, beta):
+    """UnCL as the released code evaluates it: the per-voxel terms broadcast to a (B, B, *spatial) temporary
+    (an accident there); the diagonal is the plain per-voxel value, so the loss is the same as ours."""
+    import torch
+
+    from custom.losses.uncl import voxel_entropy
+
+    p_s = torch.softmax(student_logits, 1)
+    p_t = torch.softmax(teacher_logits.detach(), 1)
+    h_s, h_t = voxel_entropy(p_s), voxel_entropy(p_t)  # (B, *spatial)
+    weight = 1.0 / (torch.exp(beta * h_s) + torch.exp(beta * h_t))
+    sq = (p_s - p_t).pow(2).sum(1)
+    full = weight[:, None] * sq[None] + beta * (h_s[:, None] + h_t[None])  # (B, B, *spatial)
+    return torch.diagonal(full, dim1=0, dim2=1).mean()
+
+
+def _medpy_hd95(pred, ref) -> float:
+    """medpy.metric.binary.hd95 without spacing: surfaces by one binary erosion, distance transforms of the whole
+    volume in both directions, 95th percentile of the pooled distances (what the released loop runs per step)."""
+    import numpy as np
+    from scipy import ndimage
+
+    if not pred.any() or not ref.any():
+        return 0.0
+    fp = ndimage.generate_binary_structure(pred.ndim, 1)
+
+    def directed(a, b):
+        a_border = a ^ ndimage.binary_erosion(a, structure=fp, iterations=1)
+        b_border = b ^ ndimage.binary_erosion(b, structure=fp, iterations=1)
+        return ndimage.distance_transform_edt(~b_border)[a_border]
+
+    return float(np.percentile(np.hstack((directed(pred, ref), directed(ref, pred))), 95))
+
+
 def run_arm(args) -> dict:
     """One arm in this process: build, run warmup + repeats iterations, time them."""
     import torch
@@ -96,11 +136,21 @@ def run_arm(args) -> dict:
         loss = DyCONLoss(eta=args.eta, uncl_weight=0.0, fecl_weight=0.0, mse_weight=1.0)
     else:
         loss = DyCONLoss(eta=args.eta, fecl=FeCLLoss(variant=args.fecl_variant))
+    if args.arm == "released_loop":
+        loss.uncl.forward = _released_uncl  # same value, through the B-fold temporary
     opt = torch.optim.SGD(net.parameters(), lr=args.learning_rate, momentum=0.9, weight_decay=1e-4)
     lab, unl = _batches(args, device)
     handlers = [ScheduleHandler("beta", BetaSchedule(args.beta_max, args.beta_min, args.max_iterations))]
     if semi:
         handlers.append(TeacherEMAHandler(teacher, decay=0.99))
+    if args.arm == "released_loop":
+
+        def train_batch_hd95(engine):  # every iteration, on the labeled training batch, as the released loop does
+            pred = engine.state.output["pred"].argmax(1).cpu().numpy().astype(bool)
+            ref = engine.state.output["label"][:, 0].cpu().numpy().astype(bool)
+            engine.state.train_hd95 = [_medpy_hd95(p, r) for p, r in zip(pred, ref)]
+
+        handlers.append(train_batch_hd95)
     n_iter = args.warmup + args.repeats
     amp_dtype = AMP[args.amp]
     trainer = MeanTeacherTrainer(
@@ -117,8 +167,13 @@ def run_arm(args) -> dict:
         amp=amp_dtype is not None,
         amp_dtype=amp_dtype or "float16",
         channels_last=args.channels_last,
-        train_handlers=handlers,
+        teacher_inference_mode=args.teacher_mode == "inference",
+        compile=args.compile,
+        train_handlers=[h for h in handlers if hasattr(h, "attach")],
     )
+    for h in handlers:  # plain functions (the released loop's HD95) run after the handlers, inside the clock
+        if not hasattr(h, "attach"):
+            trainer.add_event_handler(Events.ITERATION_COMPLETED, h)
     cuda = device.type == "cuda"
     times: list[float] = []
     start = [0.0]
@@ -167,11 +222,14 @@ def parse_args(argv=None):
     p.add_argument("--fecl-variant", choices=("official", "paper"), default=None)
     p.add_argument("--amp", choices=tuple(AMP), default="off")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--teacher-mode", choices=("inference", "no_grad"), default="inference",
+                   help="teacher forward under torch.inference_mode (the trainer's default) or torch.no_grad")
+    p.add_argument("--compile", action="store_true", help="torch.compile the student's and teacher's forwards")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--repeats", type=int, default=5, help="timed iterations per arm")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS))
     p.add_argument("--arm", choices=ARMS, default=None, help=argparse.SUPPRESS)  # internal: run one arm here
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
@@ -194,8 +252,9 @@ def _child_argv(args, arm):
     argv = ["--bundle", args.bundle, "--patch", *map(str, args.patch), "--labeled", str(args.labeled),
             "--unlabeled", str(args.unlabeled), "--features", *map(str, args.features),
             "--fecl-variant", args.fecl_variant, "--amp", args.amp, "--device", args.device,
-            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads), "--arm", arm]
-    return argv + (["--channels-last"] if args.channels_last else [])
+            "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
+            "--teacher-mode", args.teacher_mode, "--arm", arm]
+    return argv + (["--channels-last"] if args.channels_last else []) + (["--compile"] if args.compile else [])
 
 
 def main(argv=None) -> dict:
@@ -213,13 +272,16 @@ def main(argv=None) -> dict:
         ratios["dycon_over_supervised"] = med["dycon"] / med["supervised"]
     if "mean_teacher" in med and "supervised" in med:
         ratios["mean_teacher_over_supervised"] = med["mean_teacher"] / med["supervised"]
+    if "released_loop" in med and "dycon" in med:
+        ratios["released_loop_over_dycon"] = med["released_loop"] / med["dycon"]
     result = {
         "benchmark": "train_step",
         "command": " ".join(["python", "benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {
             "bundle": args.bundle, "config": args.config, "patch": args.patch, "labeled": args.labeled,
             "unlabeled": args.unlabeled, "features": args.features, "fecl_variant": args.fecl_variant,
-            "amp": args.amp, "channels_last": args.channels_last, "device": args.device, "repeats": args.repeats,
+            "amp": args.amp, "channels_last": args.channels_last, "teacher_mode": args.teacher_mode,
+            "compile": args.compile, "device": args.device, "repeats": args.repeats,
             "warmup": args.warmup, "threads": args.threads, "eta": args.eta, "loader": "excluded (pre-built batches)",
             "memory": "peak RSS of the arm's own process (includes ~imports); max_allocated on CUDA",
         },

@@ -84,3 +84,33 @@ def test_overlap_for_stride_is_exact():
             o = overlap_for_stride(roi, stride)
             assert int(roi * (1 - o)) == stride
     assert int(96 * (1 - (1 - 16 / 96))) == 15  # why overlap_for_stride exists
+
+
+@pytest.mark.timeout(120)
+def test_train_step_released_loop_same_loss():
+    """The released-loop arm computes the same objective as ours (B-fold UnCL has the same value) and only adds time."""
+    out = _run("train_step.py", "--bundle", "la", "--patch", "32", "32", "32", "--labeled", "1", "--unlabeled", "1",
+               "--features", "4", "8", "16", "32", "--repeats", "1", "--warmup", "1",
+               "--arms", "dycon", "released_loop", "--teacher-mode", "no_grad")
+    assert out["settings"]["teacher_mode"] == "no_grad"
+    ours, released = out["arms"]["dycon"]["last_loss"], out["arms"]["released_loop"]["last_loss"]
+    for key in ("loss", "uncl", "fecl", "supervised"):
+        assert released[key] == pytest.approx(ours[key], rel=1e-5), key
+    assert out["ratios_of_medians"]["released_loop_over_dycon"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_loader_smoke():
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "loader.py"), "--num-workers", "0", "--batches", "2",
+         "--warmup", "1", "--cases", "4", "--volume", "48", "48", "32", "--patch", "32", "32", "16", "--batch", "2", "1"],
+        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    (r,) = out["results"]
+    assert r["labeled_cases"] == 2 and r["unlabeled_cases"] == 2
+    assert r["labeled"]["batch_shape"] == [2, 1, 32, 32, 16] and r["unlabeled"]["batch_shape"] == [1, 1, 32, 32, 16]
+    for key in ("labeled", "unlabeled"):
+        _positive_stats({**r[key], "peak_rss_mib": 1}, 2)
