@@ -31,7 +31,7 @@ def shared_la_h5() -> Path | None:
     return None
 
 
-def _real_subset(src: Path, dst: Path, n_train: int, n_test: int) -> Path:
+def real_subset(src: Path, dst: Path, n_train: int, n_test: int) -> Path:
     """A source folder with symlinks to the first ``n_train + n_test`` present cases and lists for them."""
     cases = src / "2018LA_Seg_Training Set"
     present = [i for i in (src / "train.list").read_text().split() if (cases / i / "mri_norm2.h5").is_file()]
@@ -103,7 +103,7 @@ def run_demo(
     print(f"[1/4] data ({'real LA h5 cases from ' + str(real) if use_real else 'synthetic raw LA layout'})", flush=True)
     data = work / "data"
     if use_real:
-        src = _real_subset(real, work / "source", n_train=8, n_test=2)  # type: ignore[arg-type]
+        src = real_subset(real, work / "source", n_train=8, n_test=2)  # type: ignore[arg-type]
         prepare_la(src, data, labeled=2, val=1)
     else:
         src = synth_la(work / "source", n_train=8, n_test=3, shape=(80, 80, 48), seed=0)
