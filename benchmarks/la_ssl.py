@@ -29,6 +29,10 @@ entropy_off         dycon_paper without the entropy factor (``loss#fecl#use_entr
 supcon              FeCL replaced by plain supervised contrastive: gamma 0, no entropy, no teacher negatives
 ==================  ======================================================================================
 
+Diagnostic arms (``--diagnostics``), dycon_paper with: ``eta_rampup`` = 40 % of the iterations
+(``dycon_paper_eta_ramp``), teacher confidence threshold 0.9 instead of 0.75 (``dycon_paper_threshold_0.9``),
+eta 0.1 instead of 0.5 (``dycon_paper_eta_0.1``).
+
 Outputs in ``--workdir`` (default ``runs/la_ssl``): ``results.json``, ``results.md`` (Dice, IoU, HD95, ASD in mm and
 paper-compatible voxels, mean +- std over the test cases) and ``results.png`` (bar chart), one folder per arm
 (model, TensorBoard, per-case CSV, pictures, logs). Finished arms are reused on a rerun with the same settings
@@ -77,6 +81,13 @@ ARMS: dict[str, dict[str, object]] = {
 }
 MAIN_ARMS = ("supervised", "mean_teacher", "dycon_official", "dycon_paper")
 ABLATION_ARMS = tuple(a for a in ARMS if a not in MAIN_ARMS)
+# diagnostics (--diagnostics): what could hold DyCON back at this scale; values may depend on the protocol's arguments
+DIAGNOSTIC_ARMS: dict[str, object] = {
+    "dycon_paper_eta_ramp": lambda a: {**PAPER, "eta_rampup": int(0.4 * a.iterations)},  # ramp over 40 % of training
+    "dycon_paper_threshold_0.9": {**PAPER, "loss#confidence_threshold": 0.9},  # stricter teacher pseudo-labels
+    "dycon_paper_eta_0.1": {**PAPER, "eta": 0.1},  # a weaker unsupervised term
+}
+ARMS.update(DIAGNOSTIC_ARMS)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -213,7 +224,8 @@ def arm_overrides(name: str, args, datalist: Path, supervised_datalist: Path, ou
         "num_workers": 0,
         "seed": args.seed,
     }
-    return {**common, **ARMS[name]}
+    own = ARMS[name]
+    return {**common, **(own(args) if callable(own) else own)}
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -277,6 +289,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(MAIN_ARMS))
     p.add_argument("--ablations", action="store_true", help="add the ablation arms")
+    p.add_argument("--diagnostics", action="store_true", help="add the diagnostic arms (eta ramp, threshold, eta)")
     p.add_argument("--jobs", type=int, default=1, help="arms trained at the same time")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS per arm (0: torch's default)")
     p.add_argument("--force", action="store_true", help="retrain arms that already have results")
@@ -287,6 +300,8 @@ def parse_args(argv=None):
         p.error("--patch sizes must be multiples of 16 (four poolings)")
     if args.ablations:
         args.arms = list(dict.fromkeys([*args.arms, *ABLATION_ARMS]))
+    if args.diagnostics:
+        args.arms = list(dict.fromkeys([*args.arms, *DIAGNOSTIC_ARMS]))
     args.val_interval = args.val_interval or max(1, args.iterations // 10)
     if args.jobs > 1 and not args.threads:
         args.threads = max(1, (os.cpu_count() or 2) // args.jobs)
