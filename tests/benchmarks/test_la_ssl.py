@@ -79,5 +79,6 @@ def test_tiny_run_through_the_bundle(tmp_path: Path):
     dy_log = (tmp_path / "arms" / "dycon_paper" / "train.log").read_text()
     assert "uncl: 0.0000" in sup_log and "uncl: 0.0000" not in dy_log
     assert (tmp_path / "results.md").read_text().count("| supervised |") == 1
+    assert report["dice_vs_supervised"]["dycon_paper"]["cases"] == 1
     assert (tmp_path / "results.png").stat().st_size > 1000
     assert set(MAIN_ARMS) <= set(ARMS)
