@@ -164,8 +164,18 @@ def _bundle_cmd(configs: list[str], overrides: dict[str, object]) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE), "--config_file",
            files[0] if len(files) == 1 else json.dumps(files)]
     for key, value in overrides.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        cmd += [f"--{key}", cli_value(value)]
     return cmd
+
+
+def cli_value(value: object) -> str:
+    """A config value as ``python -m monai.bundle run`` must receive it: fire reads ``True`` / ``False`` (Python
+    literals) as booleans but ``true`` / ``false`` as STRINGS (truthy), so booleans are written as Python literals."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return repr(value)
+    return json.dumps(value)
 
 
 def run_arm(name: str, args, datalist: Path, supervised_datalist: Path) -> dict:

@@ -54,7 +54,8 @@ def _bundle_run(configs: list[str], overrides: dict[str, object], log: Path) -> 
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE), "--config_file",
            files[0] if len(files) == 1 else json.dumps(files)]
     for key, value in overrides.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        # booleans as Python literals: fire reads "false" as the (truthy) string "false"
+        cmd += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)]
     print("$ " + " ".join(cmd[1:]), flush=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
     with open(log, "a") as out:

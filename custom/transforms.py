@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from custom.flags import as_bool
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -37,6 +38,7 @@ def load_transforms(keys: Sequence[str] = ("image", "label"), normalize_nonzero:
             whole volume (LA, Pancreas).
     """
     keys = list(keys)
+    normalize_nonzero = as_bool(normalize_nonzero, "normalize_nonzero")
     return [
         LoadImaged(keys=keys, image_only=True, allow_missing_keys=True),
         EnsureChannelFirstd(keys=keys, allow_missing_keys=True),

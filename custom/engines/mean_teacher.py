@@ -17,6 +17,7 @@ from ignite.metrics import Metric
 from torch import nn
 from torch.optim import Optimizer
 
+from custom.flags import as_bool
 from custom.losses.dycon import DyCONLoss
 from custom.samplers import InfiniteSeededSampler, seed_iteration
 
@@ -146,7 +147,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
             additional_metrics=additional_metrics,
             metric_cmp_fn=metric_cmp_fn,
             train_handlers=train_handlers,
-            amp=amp,
+            amp=as_bool(amp, "amp"),
             decollate=decollate,
             optim_set_to_none=optim_set_to_none,
             to_kwargs=to_kwargs,
@@ -159,9 +160,13 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.grad_clip_norm = grad_clip_norm
         self.seed = seed
         self.amp_dtype = _AMP_DTYPES[amp_dtype]
-        self.channels_last = channels_last
-        self.teacher_inference_mode = bool(teacher_inference_mode)
-        self.compile = compile
+        self.channels_last = as_bool(channels_last, "channels_last")
+        self.teacher_inference_mode = as_bool(teacher_inference_mode, "teacher_inference_mode")
+        # True / False (also as the strings "true" / "false" of a command line) or a torch.compile backend name
+        try:
+            self.compile: bool | str = as_bool(compile, "compile")
+        except ValueError:
+            self.compile = str(compile)
         self._compiled: dict[tuple[int, bool], Callable] = {}
         self.state.skipped_steps = 0
         self.state_dict_user_keys.append("skipped_steps")

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch.nn.modules.loss import _Loss
 
+from custom.flags import as_bool
 from custom.schedules import cross_threshold
 
 __all__ = ["FeCLLoss"]
@@ -92,8 +93,8 @@ class FeCLLoss(_Loss):
         self.top_k = int(top_k)
         self.cross_weight = float(cross_weight)
         self.cross_ramp = float(cross_ramp)
-        self.use_entropy = use_entropy
-        self.use_hard_negatives = use_hard_negatives
+        self.use_entropy = as_bool(use_entropy, "use_entropy")
+        self.use_hard_negatives = as_bool(use_hard_negatives, "use_hard_negatives")
 
     def forward(
         self,
