@@ -38,7 +38,8 @@ paper-compatible voxels, mean +- std over the test cases) and ``results.png`` (b
 (model, TensorBoard, per-case CSV, pictures, logs). Finished arms are reused on a rerun with the same settings
 (``--force`` retrains).
 
-Example (the default protocol: ~25-30 min per arm on 2 idle cores)::
+Example (the default protocol, 1500 iterations: not run here; the 600-iteration arms took ~13 min per DyCON arm
+with one core each, i.e. ~1.3 s / iteration, so ~33 min per DyCON arm on one core)::
 
     python benchmarks/la_ssl.py
     python benchmarks/la_ssl.py --ablations --iterations 500 --jobs 2     # all arms, two at a time, 1 thread each
