@@ -61,8 +61,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, machine
+from custom.demo import bundle_command
 
-BUNDLE = REPO / "bundles" / "dycon_la"
 METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
 
 PAPER = {"fecl_variant": "paper"}
@@ -160,25 +160,6 @@ def _protocol(args) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- arms
-def _bundle_cmd(configs: list[str], overrides: dict[str, object]) -> list[str]:
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE), "--config_file",
-           files[0] if len(files) == 1 else json.dumps(files)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", cli_value(value)]
-    return cmd
-
-
-def cli_value(value: object) -> str:
-    """A config value as ``python -m monai.bundle run`` must receive it: fire reads ``True`` / ``False`` (Python
-    literals) as booleans but ``true`` / ``false`` as STRINGS (truthy), so booleans are written as Python literals."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return repr(value)
-    return json.dumps(value)
-
-
 def run_arm(name: str, args, datalist: Path, supervised_datalist: Path) -> dict:
     """Train and evaluate one arm through the bundle; returns its summary (reused if already done)."""
     out = Path(args.workdir) / "arms" / name
@@ -200,7 +181,7 @@ def run_arm(name: str, args, datalist: Path, supervised_datalist: Path) -> dict:
                                "num_workers", "seed")}
     for stage, configs, ov in (("train", ["train.yaml"], overrides),
                                ("evaluate", ["train.yaml", "evaluate.yaml"], eval_overrides)):
-        cmd = _bundle_cmd(configs, ov)
+        cmd = bundle_command(configs, ov)
         print(f"[{name}] {stage}: " + " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         with open(out / f"{stage}.log", "w") as log:

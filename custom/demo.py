@@ -49,13 +49,28 @@ def real_subset(src: Path, dst: Path, n_train: int, n_test: int) -> Path:
     return dst
 
 
-def _bundle_run(configs: list[str], overrides: dict[str, object], log: Path) -> None:
+def cli_value(value: object) -> str:
+    """A config value as ``python -m monai.bundle run`` must receive it: fire reads ``True`` / ``False`` (Python
+    literals) as booleans but ``true`` / ``false`` as STRINGS, so booleans are written as Python literals."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return repr(value)
+    return json.dumps(value)
+
+
+def bundle_command(configs: list[str], overrides: dict[str, object]) -> list[str]:
+    """``python -m monai.bundle run`` of the LA bundle's ``configs`` (merged in order) with ``overrides``."""
     files = [str(BUNDLE / "configs" / c) for c in configs]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE), "--config_file",
            files[0] if len(files) == 1 else json.dumps(files)]
     for key, value in overrides.items():
-        # booleans as Python literals: fire reads "false" as the (truthy) string "false"
-        cmd += [f"--{key}", value if isinstance(value, str) else repr(value) if isinstance(value, bool) else json.dumps(value)]
+        cmd += [f"--{key}", cli_value(value)]
+    return cmd
+
+
+def _bundle_run(configs: list[str], overrides: dict[str, object], log: Path) -> None:
+    cmd = bundle_command(configs, overrides)
     print("$ " + " ".join(cmd[1:]), flush=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
     with open(log, "a") as out:
