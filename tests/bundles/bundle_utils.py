@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,13 @@ ENV = {
 
 
 # ------------------------------------------------------------------------------------------------ commands
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (torchrun's rendezvous in the multi-GPU tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 
 
 def run(*args: str | Path, log: Path | None = None, timeout: int = 600) -> str:
@@ -199,6 +207,31 @@ class Bundle:
                 yield workflow
             finally:
                 set_determinism(seed=None)  # initialize() seeded the global RNGs of this process
+
+    @contextlib.contextmanager
+    def checked_workflow(self, workflow_type: str, dataset: Path, model: Path, tmp_path: Path) -> Iterator[Any]:
+        """:meth:`workflow` on CPU with ``dataset`` (and ``model`` for inference), after the checks every bundle
+        shares: ``check_properties()`` finds nothing missing, dataset_dir / bundle_root are as given, and training
+        keeps the configs' defaults of 20000 iterations validated every 200."""
+        overrides = {
+            "bundle_root": str(self.root),
+            "dataset_dir": str(dataset),
+            "output_dir": str(tmp_path / "eval"),
+            "num_workers": 0,
+            "device": "$torch.device('cpu')",
+        }
+        if workflow_type == "train":
+            overrides["ckpt_dir"] = str(tmp_path / "models")
+        else:
+            overrides["ckpt_path"] = str(model)
+        with self.workflow(workflow_type, **overrides) as workflow:
+            missing = workflow.check_properties()
+            assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
+            assert workflow.dataset_dir == str(dataset)
+            assert workflow.bundle_root == str(self.root)
+            if workflow_type == "train":
+                assert workflow.max_epochs == -(-20000 // 200)  # the config's defaults: 20000 iterations, val every 200
+            yield workflow
 
 
 @contextlib.contextmanager

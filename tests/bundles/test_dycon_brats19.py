@@ -272,24 +272,8 @@ def test_verify_net_in_out(in_channels: int):
 
 @pytest.mark.parametrize("workflow_type", ["train", "infer"])
 def test_check_properties(workflow_type: str, flair: Run, tmp_path: Path, split_ids: dict[str, list[str]]):
-    overrides = {
-        "bundle_root": str(BRATS.root),
-        "dataset_dir": str(flair.dataset),
-        "output_dir": str(tmp_path / "eval"),
-        "num_workers": 0,
-        "device": "$torch.device('cpu')",
-    }
-    if workflow_type == "train":
-        overrides["ckpt_dir"] = str(tmp_path / "models")
-    else:
-        overrides["ckpt_path"] = str(flair.model)
-    with BRATS.workflow(workflow_type, **overrides) as workflow:
-        missing = workflow.check_properties()
-        assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
-        assert workflow.dataset_dir == str(flair.dataset)
-        assert workflow.bundle_root == str(BRATS.root)
+    with BRATS.checked_workflow(workflow_type, flair.dataset, flair.model, tmp_path) as workflow:
         if workflow_type == "train":
-            assert workflow.max_epochs == -(-20000 // 200)  # the config's defaults: 20000 iterations, val every 200
             assert len(workflow.train_dataset) == 2
             assert _ids(workflow.val_dataset.data) == split_ids["validation"]  # checkpoint selection: val.txt
         else:

@@ -339,23 +339,8 @@ def test_verify_net_in_out():
 
 @pytest.mark.parametrize("workflow_type", ["train", "infer"])
 def test_check_properties(workflow_type: str, nested: Trained, tmp_path: Path):
-    overrides = {
-        "bundle_root": str(BUNDLE.root),
-        "dataset_dir": str(nested.dataset),
-        "output_dir": str(tmp_path / "eval"),
-        "num_workers": 0,
-        "device": "$torch.device('cpu')",
-    }
-    if workflow_type == "train":
-        overrides["ckpt_dir"] = str(tmp_path / "models")
-    else:
-        overrides["ckpt_path"] = str(nested.model)
-    with BUNDLE.workflow(workflow_type, **overrides) as workflow:
-        missing = workflow.check_properties()
-        assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
-        assert workflow.dataset_dir == str(nested.dataset)
+    with BUNDLE.checked_workflow(workflow_type, nested.dataset, nested.model, tmp_path) as workflow:
         if workflow_type == "train":
-            assert workflow.max_epochs == -(-20000 // 200)
             assert len(workflow.train_dataset) == 2
         else:
             assert len(workflow.dataset) == 2  # the datalist's test list

@@ -269,24 +269,8 @@ def test_ckpt_export_torchscript(synth: Run):
 
 @pytest.mark.parametrize("workflow_type", ["train", "infer"])
 def test_check_properties(workflow_type: str, synth: Run, tmp_path: Path):
-    overrides = {
-        "bundle_root": str(BUNDLE),
-        "dataset_dir": str(synth.dataset),
-        "output_dir": str(tmp_path / "eval"),
-        "num_workers": 0,
-        "device": "$torch.device('cpu')",
-    }
-    if workflow_type == "train":
-        overrides["ckpt_dir"] = str(tmp_path / "models")
-    else:
-        overrides["ckpt_path"] = str(synth.model)
-    with LA.workflow(workflow_type, **overrides) as workflow:
-        missing = workflow.check_properties()
-        assert not missing, f"{workflow_type}: missing or wrongly referenced properties {missing}"
-        assert workflow.dataset_dir == str(synth.dataset)
-        assert workflow.bundle_root == str(BUNDLE)
+    with LA.checked_workflow(workflow_type, synth.dataset, synth.model, tmp_path) as workflow:
         if workflow_type == "train":
-            assert workflow.max_epochs == -(-20000 // 200)  # the config's defaults: 20000 iterations, val every 200
             assert len(workflow.train_dataset) == 2
         else:
             assert len(workflow.dataset) == 2  # the datalist's test list

@@ -10,40 +10,32 @@ model.pt / checkpoints, and model.pt runs in the bundle's single-GPU inference.y
 from __future__ import annotations
 
 import json
-import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from bundle_utils import NET_ARGS, REPO, SMALL_NET, case_name, check_prediction, run
+from bundle_utils import NET_ARGS, SMALL_NET, case_name, check_prediction, free_port, run
 from custom.networks import UNet3D
 
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _raw(bundle: str, root: Path) -> tuple[Path, list[str]]:
-    """A synthetic raw release of ``bundle`` and the ``dycon prepare`` arguments for it."""
+def _raw(bundle: str, root: Path) -> Path:
+    """A synthetic raw release of ``bundle`` (8 cases: 6 training, 1 validation where the dataset has one, 1 test)."""
     if bundle == "brats19":
         from custom.data.brats19 import official_splits, synth_brats19
 
         lists, _ = official_splits()
         ids = lists["training"][:6] + lists["validation"][:1] + lists["test"][:1]
-        return synth_brats19(root / "raw", ids=ids, shape=(48, 48, 32), seed=0), ["--labeled", "2"]
+        return synth_brats19(root / "raw", ids=ids, shape=(48, 48, 32), seed=0)
     if bundle == "pancreas":
         from custom.data.pancreas import synth_pancreas
 
-        return synth_pancreas(root / "raw", n_train=6, n_test=1, shape=(48, 48, 16), seed=0), ["--labeled", "2"]
+        return synth_pancreas(root / "raw", n_train=6, n_test=1, shape=(48, 48, 16), seed=0)
     from custom.data.isles22 import synth_isles22
 
-    return synth_isles22(root / "raw", layout="nested", n_train=6, n_val=1, n_test=1, seed=11), ["--labeled", "2"]
+    return synth_isles22(root / "raw", layout="nested", n_train=6, n_val=1, n_test=1, seed=11)
 
 
 @pytest.mark.timeout(600)
@@ -51,15 +43,14 @@ def _raw(bundle: str, root: Path) -> tuple[Path, list[str]]:
 def test_multi_gpu_train(bundle: str, tmp_path: Path):
     name = f"dycon_{bundle}"
     rel = f"bundles/{name}"
-    raw, prep_args = _raw(bundle, tmp_path)
     data = tmp_path / "prep"
-    run("-m", "custom", "prepare", bundle, "--src", raw, "--dst", data, *prep_args)
+    run("-m", "custom", "prepare", bundle, "--src", _raw(bundle, tmp_path), "--dst", data, "--labeled", "2")
     patch = "[32,32,16]" if bundle in ("pancreas", "isles22") else "[32,32,32]"
     out = tmp_path / "out"
     configs = f"['{rel}/configs/train.yaml','{rel}/configs/multi_gpu_train.yaml']"
     run(
         "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}", "-m", "monai.bundle", "run", "--bundle_root", rel,
+        f"--master_port={free_port()}", "-m", "monai.bundle", "run", "--bundle_root", rel,
         "--config_file", configs, "--dataset_dir", data, "--output_dir", out / "eval", "--ckpt_dir", out / "models",
         "--max_iterations", "2", "--val_interval", "2", "--patch_size", patch, "--labeled_batch_size", "1",
         "--unlabeled_batch_size", "1", "--num_workers", "0", "--dist_backend", "gloo",

@@ -9,7 +9,6 @@ console statistics, Ignite's engine log) from rank 0 only, and model.pt works in
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_utils import check_prediction, case_name
+from bundle_utils import case_name, check_prediction, free_port
 from custom.data.la import prepare_la, synth_la
 from custom.networks import UNet3D
 
@@ -35,12 +34,6 @@ ENV = {
     "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
 }
 ITERS, VAL_INTERVAL, WORLD = 4, 2, 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -62,7 +55,7 @@ def ddp_run(tmp_path_factory):
     log = _run(
         [
             sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}", "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE),
+            f"--master_port={free_port()}", "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE),
             "--config_file", configs, "--dataset_dir", str(data), "--output_dir", str(out / "eval"),
             "--ckpt_dir", str(out / "models"), "--max_iterations", str(ITERS), "--val_interval", str(VAL_INTERVAL),
             "--patch_size", "[32,32,32]", "--labeled_batch_size", "1", "--unlabeled_batch_size", "1",
