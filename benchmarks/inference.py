@@ -39,25 +39,16 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import BUNDLES, bundle_defaults, current_rss_mib, machine, peak_rss_mib, run_child, stats
+from custom.inferers import overlap_for_stride
 
 SETTINGS = ("paper", "bundle", "paper_roi_half")
-
-
-def overlap_for_stride(roi: int, stride: int) -> float:
-    """An overlap fraction for which MONAI's ``int(roi * (1 - overlap))`` is exactly ``stride``."""
-    if not 0 < stride <= roi:
-        raise ValueError(f"stride must be in (0, {roi}], got {stride}")
-    o = 1.0 - (stride + 0.5) / roi
-    o = max(o, 0.0)
-    assert int(roi * (1 - o)) == stride, (roi, stride, o)
-    return o
 
 
 def setting_params(args, name: str) -> dict:
     if name == "paper":
         roi = [args.paper_roi] * 3
         strides = [args.paper_stride_xy, args.paper_stride_xy, args.paper_stride_z]
-        overlap = [overlap_for_stride(r, s) for r, s in zip(roi, strides)]
+        overlap = overlap_for_stride(roi, strides)
     elif name == "bundle":
         roi, overlap = list(args.bundle_roi), [args.bundle_overlap] * 3
     elif name == "paper_roi_half":

@@ -1,12 +1,14 @@
 """Schedules of the DyCON training: beta for UnCL, the EMA decay of the teacher, FeCL's cross threshold and a
-sigmoid ramp-up. Each is a pure function of the (0-based) iteration, so a resumed run continues them exactly."""
+sigmoid ramp-up. Each is a pure function of the (0-based) optimizer step (:func:`optimizer_step`), so a resumed run
+continues them exactly."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["BetaSchedule", "ema_alpha", "cross_threshold", "sigmoid_rampup", "SigmoidRampUp"]
+__all__ = ["optimizer_step", "BetaSchedule", "ema_alpha", "cross_threshold", "sigmoid_rampup", "SigmoidRampUp"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,16 @@ def ema_alpha(step: int, decay: float = 0.99) -> float:
     At step 0 it is 0, i.e. the teacher is set to the student.
     """
     return min(1.0 - 1.0 / (step + 1), decay)
+
+
+def optimizer_step(state: Any) -> int:
+    """The 0-based index of the optimizer step of the current iteration: ``iteration - 1 - skipped_steps``.
+
+    Every schedule of the training loop (beta, eta, the EMA decay, FeCL's cross threshold) is a function of this
+    count, not of the raw iteration: a skipped (non-finite) step does not advance them, as in the released loop.
+    ``state`` is an Ignite ``State`` (``skipped_steps`` is 0 when the trainer does not count skips).
+    """
+    return int(state.iteration) - 1 - int(getattr(state, "skipped_steps", 0))
 
 
 def cross_threshold(step: float, ramp: float = 1500.0) -> float:

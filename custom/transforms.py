@@ -64,8 +64,9 @@ def augmentation(
             needs a label: use it for labeled data with small lesions).
         pos_neg: (pos, neg) weights of ``"pos_neg"``.
 
-    The 90-degree rotation is used only when the patch is square in-plane (else rotated patches could not be
-    batched); flips along the two in-plane axes are always on.
+    The 90-degree rotation (k = 0..3, uniform) is used only when the patch is square in-plane (else rotated patches
+    could not be batched); flips along the two in-plane axes (each with probability 1/2) are always on, so the 8
+    orientations of the dihedral group of the axial plane are equally likely.
     """
     keys = list(keys)
     patch = [int(p) for p in patch_size]
@@ -81,7 +82,9 @@ def augmentation(
     else:
         raise ValueError(f"crop must be 'random' or 'pos_neg', got {crop!r}")
     if patch[0] == patch[1]:
-        chain.append(RandRotate90d(keys=keys, prob=1.0, max_k=3, spatial_axes=(0, 1), allow_missing_keys=True))
+        # MONAI draws k in 1..max_k when it rotates: prob 0.75 makes k = 0, 1, 2, 3 equally likely (1/4 each), and
+        # with the two independent flips every one of the 8 in-plane orientations has probability 1/8
+        chain.append(RandRotate90d(keys=keys, prob=0.75, max_k=3, spatial_axes=(0, 1), allow_missing_keys=True))
     chain += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis, allow_missing_keys=True) for axis in (0, 1)]
     return chain
 

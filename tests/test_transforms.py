@@ -55,6 +55,27 @@ def test_rot90_only_for_square_patches():
         augmentation([16, 16, 16], crop="center")
 
 
+def test_the_eight_inplane_orientations_are_equally_likely():
+    # rotation k = 0..3 and the two flips: each element of the dihedral group of the axial plane with p = 1/8
+    from collections import Counter
+
+    from monai.transforms import Compose
+
+    base = torch.arange(16, dtype=torch.float32).reshape(1, 4, 4, 1)  # distinct values: an orientation is visible
+    group = set()
+    for k in range(4):
+        r = torch.rot90(base, k, (1, 2))
+        group |= {tuple(r.flatten().tolist()), tuple(torch.flip(r, (1,)).flatten().tolist())}
+    assert len(group) == 8
+    chain = Compose(augmentation([4, 4, 1], keys=["image"])[2:])  # rotation and flips (pad / crop are identities)
+    chain.set_random_state(seed=0)
+    n = 8000
+    counts = Counter(tuple(torch.as_tensor(chain({"image": base.clone()})["image"]).flatten().tolist()) for _ in range(n))
+    assert set(counts) == group
+    for c in counts.values():  # binomial sd at p = 1/8: sqrt(n p (1-p)) = 30; 5 sd = 150
+        assert abs(c - n / 8) < 150, counts
+
+
 def test_inference_chain_inverts_to_input_geometry(case):
     chain = inference_transforms()
     data = chain({"image": case["image"]})

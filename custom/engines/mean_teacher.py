@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from custom.flags import as_bool
 from custom.losses.dycon import DyCONLoss
 from custom.samplers import InfiniteSeededSampler, seed_iteration
+from custom.schedules import optimizer_step
 
 __all__ = ["MeanTeacherTrainer"]
 
@@ -57,7 +58,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
        ``clamp(N(0, noise_std^2), -noise_clip, noise_clip)``;
     3. ``loss_function(...)`` -> the total and its parts; FeCL patch labels come from the ground truth of the
        labeled volumes and from the teacher for the unlabeled ones;
-    4. a non-finite loss skips the optimizer step (counted in ``engine.state.skipped_steps``); otherwise backward,
+    4. a non-finite loss skips the optimizer step (counted in ``engine.state.skipped_steps``,
+       ``engine.state.step_skipped`` is set: the teacher EMA is not updated and the schedules, functions of
+       :func:`custom.schedules.optimizer_step`, do not advance, as in the released loop); otherwise backward,
        gradient clipping to ``grad_clip_norm`` and the optimizer step.
 
     Without an unlabeled loader it trains supervised only (no teacher forward). The teacher's EMA update, beta
@@ -279,8 +282,10 @@ class MeanTeacherTrainer(SupervisedTrainer):
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        # running statistics (BatchNorm) before the forward pass, restored if this step turns out non-finite
-        saved_buffers = [(b, b.detach().clone()) for b in engine.network.buffers() if b.is_floating_point()]
+        # running statistics (BatchNorm) of student and teacher before their forward passes (train mode updates them),
+        # restored if this step turns out non-finite: a skipped step leaves both networks exactly as they were
+        nets = [engine.network] + ([engine.teacher] if engine.semi_supervised else [])
+        saved_buffers = [(b, b.detach().clone()) for n in nets for b in n.buffers()]
         autocast = torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=bool(engine.amp))
         with autocast:
             s_logits, s_emb = engine._forward(engine.network, x, embeddings)
@@ -304,11 +309,12 @@ class MeanTeacherTrainer(SupervisedTrainer):
             eta=None if eta is None else float(eta),
             student_embeddings=None if s_emb is None else s_emb.float(),
             teacher_embeddings=None if t_emb is None else t_emb.float(),
-            step=engine.state.iteration - 1,
+            step=optimizer_step(engine.state),
         )
         loss = parts["loss"]
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if torch.isfinite(loss):
+        engine.state.step_skipped = not bool(torch.isfinite(loss))  # read by TeacherEMAHandler: no EMA update then
+        if not engine.state.step_skipped:
             if engine.scaler is not None:
                 engine.scaler.scale(loss).backward()
                 engine.fire_event(IterationEvents.BACKWARD_COMPLETED)

@@ -6,7 +6,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from custom.schedules import ema_alpha
+from custom.schedules import ema_alpha, optimizer_step
 
 __all__ = ["TeacherEMAHandler", "unwrap"]
 
@@ -26,8 +26,10 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 class TeacherEMAHandler:
-    """After every iteration: ``teacher = alpha * teacher + (1 - alpha) * student`` for the parameters, with
-    ``alpha(t) = min(1 - 1 / (t + 1), decay)`` and ``t = iteration - 1`` (so after the first step the teacher
+    """After every optimizer step: ``teacher = alpha * teacher + (1 - alpha) * student`` for the parameters, with
+    ``alpha(t) = min(1 - 1 / (t + 1), decay)`` and ``t`` = :func:`custom.schedules.optimizer_step` (the 0-based
+    count of steps taken). An iteration whose step the trainer skipped (non-finite loss,
+    ``engine.state.step_skipped``) leaves the teacher untouched, as the released loop does (so after the first step the teacher
     equals the student). Buffers (e.g. BatchNorm statistics of the projection head) are copied from the student,
     which keeps the teacher identical across data-parallel ranks.
 
@@ -71,5 +73,7 @@ class TeacherEMAHandler:
         return alpha
 
     def __call__(self, engine: Engine) -> None:
+        if getattr(engine.state, "step_skipped", False):
+            return
         student = self.student if self.student is not None else engine.network  # type: ignore[attr-defined]
-        engine.state.ema_alpha = self.update(student, engine.state.iteration - 1)
+        engine.state.ema_alpha = self.update(student, optimizer_step(engine.state))

@@ -6,13 +6,16 @@ from collections.abc import Callable
 
 from ignite.engine import Engine, Events
 
+from custom.schedules import optimizer_step
+
 __all__ = ["ScheduleHandler"]
 
 
 class ScheduleHandler:
-    """``engine.state.<name> = schedule(engine.state.iteration - 1)`` at ITERATION_STARTED.
+    """``engine.state.<name> = schedule(step)`` at ITERATION_STARTED, ``step`` = :func:`custom.schedules.optimizer_step`
+    (``iteration - 1 - skipped_steps``: a skipped non-finite step does not advance the schedule, as released).
 
-    The schedule is a function of the 0-based iteration (e.g. :class:`custom.schedules.BetaSchedule`,
+    The schedule is a function of the 0-based optimizer step (e.g. :class:`custom.schedules.BetaSchedule`,
     :class:`custom.schedules.SigmoidRampUp`), so a run resumed from a checkpoint continues it exactly.
 
     Args:
@@ -30,4 +33,4 @@ class ScheduleHandler:
         engine.add_event_handler(Events.ITERATION_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        setattr(engine.state, self.name, float(self.schedule(engine.state.iteration - 1)))
+        setattr(engine.state, self.name, float(self.schedule(optimizer_step(engine.state))))

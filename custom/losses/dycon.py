@@ -39,7 +39,8 @@ class DyCONLoss(nn.Module):
     * FeCL on the volumes chosen by ``fecl_on``. Patch labels: ground truth for labeled volumes, the teacher's
       pooled argmax for unlabeled volumes with low-confidence cells ignored. Labels of unlabeled cases are never
       seen here: only ``L`` labels are passed.
-    * MSE: the plain mean-teacher consistency (single softmax), weight 0 by default (not part of DyCON).
+    * MSE: the plain mean-teacher consistency (single softmax) on the ``U`` unlabeled volumes only, as the released
+      loop computes it; weight 0 by default (not part of DyCON).
 
     Without teacher logits (no unlabeled data) only the supervised part is computed.
 
@@ -125,8 +126,8 @@ class DyCONLoss(nn.Module):
             if self.uncl_weight != 0:
                 parts["uncl"] = self.uncl(student_logits, teacher_logits, beta)
                 unsup = unsup + self.uncl_weight * parts["uncl"]
-            if self.mse_weight != 0:
-                diff = torch.softmax(student_logits, 1) - torch.softmax(teacher_logits.detach(), 1)
+            if self.mse_weight != 0 and student_logits.shape[0] > n_lab:  # the unlabeled part only, as released
+                diff = torch.softmax(student_logits[n_lab:], 1) - torch.softmax(teacher_logits[n_lab:].detach(), 1)
                 parts["mse"] = diff.pow(2).mean()
                 unsup = unsup + self.mse_weight * parts["mse"]
             if self.fecl_weight != 0:

@@ -234,7 +234,8 @@ class FeCLLoss(_Loss):
         hard = neg & (cross > cross_threshold(step, self.cross_ramp))
         if not bool(hard.any()):
             return z.sum() * 0.0
-        return -torch.log(1.0 - cross[hard] + 1e-18).mean()
+        # fp32 rounding can put a dot product of unit vectors above 1: clamp, or the log of a negative is NaN
+        return -torch.log(1.0 - cross[hard].clamp(max=1.0) + 1e-18).mean()
 
     def extra_repr(self) -> str:
         return (

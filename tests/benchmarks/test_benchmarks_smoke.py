@@ -75,17 +75,6 @@ def test_inference_smoke():
     assert set(out["agreement"]) == {"bundle_vs_paper", "paper_roi_half_vs_paper"}
 
 
-def test_overlap_for_stride_is_exact():
-    sys.path.insert(0, str(REPO))
-    from benchmarks.inference import overlap_for_stride
-
-    for roi in (32, 80, 96, 112):
-        for stride in range(1, roi + 1):
-            o = overlap_for_stride(roi, stride)
-            assert int(roi * (1 - o)) == stride
-    assert int(96 * (1 - (1 - 16 / 96))) == 15  # why overlap_for_stride exists
-
-
 @pytest.mark.timeout(120)
 def test_train_step_released_loop_same_loss():
     """The released-loop arm computes the same objective as ours (B-fold UnCL has the same value) and only adds time."""

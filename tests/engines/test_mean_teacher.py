@@ -291,6 +291,43 @@ def test_nan_loss_skips_the_step():
     assert "skipped_steps" in run.trainer.state_dict()
 
 
+def test_skipped_step_runs_no_ema_and_does_not_advance_the_schedules():
+    # released loop: a non-finite step is skipped whole: no teacher update, beta / eta / FeCL's step stay where they were
+    from custom.handlers import ScheduleHandler
+
+    run = build(epoch_length=5)
+    ScheduleHandler("step_seen", lambda step: step).attach(run.trainer)
+    bad_iteration = 3
+    teacher_before: dict[int, dict] = {}
+    steps: dict[int, float] = {}
+    alphas: dict[int, float] = {}
+
+    @run.trainer.on(Events.ITERATION_STARTED)
+    def _inject(engine):
+        teacher_before[engine.state.iteration] = state(run.teacher)
+        steps[engine.state.iteration] = engine.state.step_seen
+        if engine.state.iteration == bad_iteration:
+            engine.state.batch["image"][0, 0, 3, 3, 3] = float("nan")
+
+    @run.trainer.on(Events.ITERATION_COMPLETED)
+    def _alpha(engine):
+        alphas[engine.state.iteration] = engine.state.ema_alpha
+
+    run.trainer.run()
+    assert run.trainer.state.skipped_steps == 1
+    assert steps == {1: 0, 2: 1, 3: 2, 4: 2, 5: 3}  # the iteration after the skip repeats step 2
+    # the teacher after the skipped iteration is the one before it; every other iteration changes it
+    for it in range(1, 5):
+        nxt = teacher_before[it + 1]
+        same = all(torch.equal(nxt[k], teacher_before[it][k]) for k in nxt)
+        assert same == (it == bad_iteration), it
+    # alpha follows the steps taken: iteration 4 uses alpha(2), the value iteration 3 would have used
+    assert alphas[4] == ema_alpha(2, 0.99) and alphas[5] == ema_alpha(3, 0.99) and alphas[2] == ema_alpha(1, 0.99)
+    betas = [r["beta"] for r in run.records]
+    schedule = BetaSchedule(5.0, 0.5, 5)
+    assert betas == pytest.approx([schedule(0), schedule(1), schedule(2), schedule(2), schedule(3)], rel=1e-6)
+
+
 def test_nan_loss_leaves_buffers_finite():
     run = build(epoch_length=2)
 

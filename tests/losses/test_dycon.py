@@ -118,7 +118,7 @@ def test_weights_inside_the_unsupervised_part():
     w = DyCONLoss(eta=0.5, uncl_weight=0.3, fecl_weight=2.0, mse_weight=0.7)(
         s, gt[:L], t, beta=1.0, student_embeddings=z, teacher_embeddings=zt
     )
-    mse = ((torch.softmax(s, 1) - torch.softmax(t, 1)) ** 2).mean()
+    mse = ((torch.softmax(s[L:], 1) - torch.softmax(t[L:], 1)) ** 2).mean()  # the unlabeled part only
     assert w["mse"].item() == pytest.approx(mse.item(), rel=1e-12)
     assert w["uncl"].item() == base["uncl"].item() and w["fecl"].item() == base["fecl"].item()
     expected = base["supervised"] + 0.5 * (0.3 * base["uncl"] + 2.0 * base["fecl"] + 0.7 * mse)
@@ -134,10 +134,23 @@ def test_weights_inside_the_unsupervised_part():
 def test_mse_is_single_softmax():
     s, t, gt, _, _ = make_batch(4)
     out = DyCONLoss(fecl_weight=0.0, uncl_weight=0.0, mse_weight=1.0)(s, gt[:L], t)
-    single = ((torch.softmax(s, 1) - torch.softmax(t, 1)) ** 2).mean()
-    double = ((torch.softmax(torch.softmax(s, 1), 1) - torch.softmax(torch.softmax(t, 1), 1)) ** 2).mean()
+    single = ((torch.softmax(s[L:], 1) - torch.softmax(t[L:], 1)) ** 2).mean()
+    double = ((torch.softmax(torch.softmax(s[L:], 1), 1) - torch.softmax(torch.softmax(t[L:], 1), 1)) ** 2).mean()
     assert out["mse"].item() == pytest.approx(single.item(), rel=1e-12)
     assert out["mse"].item() != pytest.approx(double.item(), rel=1e-3)
+
+
+def test_mse_ignores_the_labeled_volumes():
+    # the released consistency term averages over the unlabeled part: labeled volumes that disagree change nothing
+    s, t, gt, _, _ = make_batch(6)
+    loss = DyCONLoss(fecl_weight=0.0, uncl_weight=0.0, mse_weight=1.0)
+    before = loss(s, gt[:L], t)["mse"].item()
+    t2 = t.clone()
+    t2[:L] = -t2[:L] * 10  # a very different teacher on the labeled volumes
+    assert loss(s, gt[:L], t2)["mse"].item() == before
+    t3 = t.clone()
+    t3[L:] = -t3[L:]
+    assert loss(s, gt[:L], t3)["mse"].item() != pytest.approx(before, rel=1e-3)
 
 
 def test_no_gradient_into_teacher():

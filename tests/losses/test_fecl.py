@@ -419,3 +419,20 @@ def test_paper_tiny_temperature_is_finite():
     value = FeCLLoss("paper", temperature=0.01)(z, y)
     value.backward()
     assert torch.isfinite(value) and torch.isfinite(z.grad).all()
+
+
+def test_cross_term_is_finite_when_rounding_puts_a_cosine_above_one():
+    # the same unit vector as student and teacher embedding of two patches of different classes: in float32 the dot
+    # product of a unit vector with itself rounds to just above 1 for many vectors, where -log(1 - c + 1e-18) is NaN
+    torch.manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(4096, 16), dim=1)
+    dots = (v * v).sum(1)
+    i = int(torch.argmax(dots))
+    assert dots[i] > 1.0  # the premise: fp32 rounding above 1
+    feat = v[i].expand(1, 2, 16).clone()  # (B=1, N=2, D), both patches the same direction
+    y = torch.tensor([[0, 1]])
+    neg = y.unsqueeze(2) != y.unsqueeze(1)
+    loss = FeCLLoss("official", cross_ramp=1500)
+    cross = loss.cross_term(feat, feat, neg, 1500)
+    assert torch.isfinite(cross) and cross.item() == pytest.approx(-math.log(1e-18), rel=1e-6)
+    assert torch.isfinite(loss(feat, y, feat, step=1500))
