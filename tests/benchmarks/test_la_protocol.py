@@ -1,0 +1,92 @@
+"""benchmarks/la_protocol.py: the statistics (exact values), and a tiny run of the protocol through the LA bundle on
+real shared LA cases with a held-out list (skipped when they are absent)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.la_protocol import bootstrap_ci, paired, sign_test, summarise
+
+REPO = Path(__file__).resolve().parents[2]
+LA_H5 = REPO.parent / "shared" / "data" / "LA_h5"
+
+
+def test_sign_test_exact():
+    assert sign_test([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)  # 5 of 5 positive
+    assert sign_test([1, -1, 1, -1]) == 1.0
+    assert sign_test([0.2, 0.1, -0.3, 0.0, 0.4, 0.5]) == pytest.approx(2 * (1 + 5) / 32)  # the tie is dropped
+    assert sign_test([0.0, 0.0]) == 1.0
+
+
+def test_bootstrap_interval():
+    lo, hi = bootstrap_ci([0.01 * i for i in range(20)], n=4000, seed=1)
+    mean = 0.095
+    assert lo < mean < hi and hi - lo < 0.08 and lo > 0.05
+    assert bootstrap_ci([0.3] * 5, n=100) == [0.3, 0.3]
+    assert bootstrap_ci([1.0, 2.0], n=500, seed=3) == bootstrap_ci([1.0, 2.0], n=500, seed=3)  # seeded
+
+
+def _run(arm, seed, dice):
+    return {"arm": arm, "seed": seed, "per_case": {"validation_last_bundle": {
+        f"c{i}": {"dice": d} for i, d in enumerate(dice)}}}
+
+
+def test_paired_and_summary():
+    runs = [_run("supervised", 1, [0.5, 0.6, 0.7]), _run("supervised", 2, [0.6, 0.6, 0.5]),
+            _run("dycon_paper", 1, [0.7, 0.6, 0.9]), _run("dycon_paper", 2, [0.8, 0.5, 0.7])]
+    p = paired(runs, "dycon_paper", "supervised", "validation_last_bundle", n_boot=500)
+    # seed-averaged cases: supervised [0.55, 0.6, 0.6], dycon [0.75, 0.55, 0.8] -> differences [0.2, -0.05, 0.2]
+    assert p["mean_diff"] == pytest.approx((0.2 - 0.05 + 0.2) / 3)
+    assert p["improved"] == 2 and p["cases"] == 3 and p["sign_test_p"] == pytest.approx(1.0)
+    assert p["seed_matched"] == pytest.approx([0.4 / 3, 0.3 / 3])
+    s = summarise(runs)["dycon_paper"]["validation_last_bundle"]
+    assert s["mean"] == pytest.approx(0.7) and s["seed_means"] == pytest.approx([2.2 / 3, 2.0 / 3])
+    assert s["std_seeds"] == pytest.approx(math.sqrt(2) * 0.1 / 3)
+    assert paired(runs, "mean_teacher", "supervised", "validation_last_bundle") is None
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not (LA_H5 / "2018LA_Seg_Training Set").is_dir(), reason=f"real LA h5 cases not found at {LA_H5}")
+def test_tiny_protocol_with_a_held_out_list(tmp_path: Path):
+    # a 5-case release: train.list = 4 ids (1 labeled, 2 unlabeled, the last one validation), test.list = 1 id
+    ids = (LA_H5 / "train.list").read_text().split()[:5]
+    rel = tmp_path / "release"
+    (rel / "2018LA_Seg_Training Set").mkdir(parents=True)
+    for i in ids:
+        (rel / "2018LA_Seg_Training Set" / i).symlink_to(LA_H5 / "2018LA_Seg_Training Set" / i, target_is_directory=True)
+    (rel / "train.list").write_text("\n".join(ids[:4]) + "\n")
+    (rel / "held_out.list").write_text(ids[4] + "\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "la_protocol.py"), "--h5", str(rel), "--workdir",
+           str(tmp_path / "work"), "--test-list", str(rel / "held_out.list"), "--labeled", "1", "--val", "1",
+           "--patch", "32", "32", "16", "--features", "4", "8", "16", "32", "64", "--iterations", "2",
+           "--val-interval", "1", "--seeds", "3", "--arms", "supervised", "mean_teacher", "--windows", "bundle",
+           "--threads", "1", "--bootstrap", "100"]
+    proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "work" / "results.json").read_text())
+    datalist = json.loads((tmp_path / "work" / "data_ds2" / "datalist.json").read_text())
+    name = lambda e: Path(e["image"]).name.split(".")[0]  # noqa: E731
+    assert [name(e) for e in datalist["training"]] == ids[:1]
+    assert sorted(name(e) for e in datalist["unlabeled"]) == sorted(ids[1:3])
+    assert [name(e) for e in datalist["validation"]] == ids[3:4] and [name(e) for e in datalist["test"]] == ids[4:]
+    assert all("label" not in e for e in datalist["unlabeled"])
+    for run in report["runs"]:
+        assert set(run["per_case"]) == {f"{s}_{m}_bundle" for s in ("validation", "test") for m in ("last", "selected")}
+        assert list(run["per_case"]["test_last_bundle"]) == ids[4:]  # the held-out case, scored
+        assert list(run["per_case"]["validation_selected_bundle"]) == ids[3:4]
+        case = run["per_case"]["test_last_bundle"][ids[4]]
+        assert 0.0 <= case["dice"] <= 1.0 and case["hd95_mm"] >= 0 and case["hd95_voxel"] >= 0
+        assert run["best_validation"]["epoch"] in (1, 2)
+    (p,) = [p for p in report["paired"] if p["evaluation"] == "test_selected_bundle"]
+    assert p["a"] == "mean_teacher" and p["b"] == "supervised" and p["cases"] == 1
+    # the last model is the final student: it differs from the selected one unless the best validation was the end
+    md = (tmp_path / "work" / "results.md").read_text()
+    assert "mean_teacher - supervised" in md and "test_last_bundle" in md
