@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, machine
-from benchmarks.la_ssl import ABLATION_ARMS, ARMS, METRICS, downsample
+from benchmarks.la_ssl import ABLATION_ARMS, ARMS, METRICS, check_protocol_args, downsample, protocol_parser
 from custom.demo import bundle_command
 
 MAIN_ARMS = ("supervised", "mean_teacher", "dycon_official", "dycon_paper")
@@ -307,24 +307,12 @@ def markdown(report: dict) -> str:
 
 # -------------------------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
-    from custom.demo import shared_la_h5
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_h5 = shared_la_h5()
-    p.add_argument("--h5", default=str(default_h5) if default_h5 else None,
-                   help="LA h5 release root (2018LA_Seg_Training Set/ + train.list); default ../shared/data/LA_h5")
+    p = protocol_parser(__doc__, "la_protocol")
     p.add_argument("--test-list", default=None, help="held-out ids to evaluate (never used for selection)")
-    p.add_argument("--workdir", default=str(REPO / "runs" / "la_protocol"))
     p.add_argument("--labeled", type=int, default=8, help="first ids of train.list labeled (8 = 10 %%, 16 = 20 %%)")
     p.add_argument("--val", type=int, default=16, help="validation ids carved from the end of train.list")
-    p.add_argument("--downsample", type=int, default=2)
-    p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 32])
-    p.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64, 128])
-    p.add_argument("--batch", type=int, nargs=2, default=[2, 2], metavar=("LABELED", "UNLABELED"))
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--val-interval", type=int, default=None, help="iterations between validations (default 1/10)")
-    p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seeds", type=int, nargs="+", default=[1337, 7, 42])
     p.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(MAIN_ARMS))
     p.add_argument("--ablations", action="store_true", help="add the ablation arms of la_ssl")
@@ -335,10 +323,7 @@ def parse_args(argv=None):
     p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples")
     p.add_argument("--force", action="store_true", help="retrain runs that already have results")
     args = p.parse_args(argv)
-    if not args.h5:
-        p.error("no LA h5 folder: pass --h5 or place the release in ../shared/data/LA_h5")
-    if any(s % 16 for s in args.patch):
-        p.error("--patch sizes must be multiples of 16 (four poolings)")
+    check_protocol_args(p, args)
     if args.test_list and Path(args.test_list).resolve() == (Path(args.h5) / "train.list").resolve():
         p.error("--test-list is the training list")
     if args.ablations:

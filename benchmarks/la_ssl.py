@@ -287,25 +287,37 @@ def bar_chart(results: list[dict], path: Path, title: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- main
-def parse_args(argv=None):
+def protocol_parser(doc: str, workdir: str) -> argparse.ArgumentParser:
+    """The arguments that la_ssl and la_protocol share: the release, the work folder, the reduced scale."""
     from custom.demo import shared_la_h5
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     default_h5 = shared_la_h5()
     p.add_argument("--h5", default=str(default_h5) if default_h5 else None,
                    help="LA h5 release root (2018LA_Seg_Training Set/ + train.list); default ../shared/data/LA_h5")
-    p.add_argument("--workdir", default=str(REPO / "runs" / "la_ssl"))
-    p.add_argument("--labeled", type=int, default=4)
-    p.add_argument("--unlabeled", type=int, default=12)
-    p.add_argument("--test", type=int, default=8)
+    p.add_argument("--workdir", default=str(REPO / "runs" / workdir))
     p.add_argument("--downsample", type=int, default=2)
     p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 32])
     p.add_argument("--features", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     p.add_argument("--batch", type=int, nargs=2, default=[2, 2], metavar=("LABELED", "UNLABELED"))
+    p.add_argument("--lr", type=float, default=0.01)
+    return p
+
+
+def check_protocol_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.h5:
+        p.error("no LA h5 folder: pass --h5 or place the release in ../shared/data/LA_h5")
+    if any(s % 16 for s in args.patch):
+        p.error("--patch sizes must be multiples of 16 (four poolings)")
+
+
+def parse_args(argv=None):
+    p = protocol_parser(__doc__, "la_ssl")
+    p.add_argument("--labeled", type=int, default=4)
+    p.add_argument("--unlabeled", type=int, default=12)
+    p.add_argument("--test", type=int, default=8)
     p.add_argument("--iterations", type=int, default=1500)
     p.add_argument("--val-interval", type=int, default=None, help="iterations per trainer epoch (default: 1/10)")
-    p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(MAIN_ARMS))
     p.add_argument("--ablations", action="store_true", help="add the ablation arms")
@@ -314,10 +326,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS per arm (0: torch's default)")
     p.add_argument("--force", action="store_true", help="retrain arms that already have results")
     args = p.parse_args(argv)
-    if not args.h5:
-        p.error("no LA h5 folder: pass --h5 or place the release in ../shared/data/LA_h5")
-    if any(s % 16 for s in args.patch):
-        p.error("--patch sizes must be multiples of 16 (four poolings)")
+    check_protocol_args(p, args)
     if args.ablations:
         args.arms = list(dict.fromkeys([*args.arms, *ABLATION_ARMS]))
     if args.diagnostics:

@@ -28,14 +28,15 @@ def unwrap(module: nn.Module) -> nn.Module:
 class TeacherEMAHandler:
     """After every optimizer step: ``teacher = alpha * teacher + (1 - alpha) * student`` for the parameters, with
     ``alpha(t) = min(1 - 1 / (t + 1), decay)`` and ``t`` = :func:`custom.schedules.optimizer_step` (the 0-based
-    count of steps taken). An iteration whose step the trainer skipped (non-finite loss,
-    ``engine.state.step_skipped``) leaves the teacher untouched, as the released loop does (so after the first step the teacher
-    equals the student). Buffers (e.g. BatchNorm statistics of the projection head) are copied from the student,
+    count of steps taken; so after the first step the teacher equals the student). An iteration whose step the
+    trainer skipped (non-finite loss, ``engine.state.step_skipped``) leaves the teacher untouched, as the released
+    loop does. Buffers (e.g. BatchNorm statistics of the projection head) are copied from the student,
     which keeps the teacher identical across data-parallel ranks.
 
     Ignite's ``EMAHandler`` has a linear warm-up instead, which is why this exists. The teacher is an ordinary
     module: put it in the ``save_dict`` of ``CheckpointSaver`` / ``CheckpointLoader`` and it is saved and restored;
-    ``alpha`` is a function of the engine's iteration, so a resumed run continues the same schedule.
+    ``alpha`` is a function of the trainer's iteration and skipped-step count (both checkpointed), so a resumed run
+    continues the same schedule.
 
     Args:
         teacher: the teacher network (same architecture as the student).
