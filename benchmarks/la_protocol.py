@@ -103,33 +103,30 @@ def prepare(args) -> Path:
     return datalist
 
 
-def split_datalist(datalist: Path, name: str, arm: str) -> Path:
-    """A datalist for one run: ``supervised`` drops the unlabeled list; ``eval_<split>`` puts <split> under
-    ``test`` (what evaluate.yaml scores)."""
+def derived_datalists(datalist: Path) -> dict[str, Path]:
+    """The datalists the runs read, written once before any run starts (runs in parallel threads only read them):
+    ``supervised`` drops the unlabeled list; ``eval_<split>`` puts <split> under ``test`` (what evaluate.yaml
+    scores); ``train`` is the datalist itself."""
     full = json.loads(datalist.read_text())
-    if name == "train":
-        out = {**full, "unlabeled": []} if arm == "supervised" else full
-        path = datalist.with_name("datalist_supervised.json" if arm == "supervised" else "datalist.json")
-    else:
-        split = name.removeprefix("eval_")
-        out = {**full, "test": full[split]}
-        path = datalist.with_name(f"datalist_{name}.json")
-    if path != datalist:
-        path.write_text(json.dumps(out, indent=2))
-    return path
+    out = {"train": datalist, "supervised": datalist.with_name("datalist_supervised.json")}
+    out["supervised"].write_text(json.dumps({**full, "unlabeled": []}, indent=2))
+    for split in ("validation", "test"):
+        out[f"eval_{split}"] = datalist.with_name(f"datalist_eval_{split}.json")
+        out[f"eval_{split}"].write_text(json.dumps({**full, "test": full[split]}, indent=2))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- runs
-def run_one(arm: str, seed: int, args, datalist: Path) -> dict:
+def run_one(arm: str, seed: int, args, datalists: dict[str, Path]) -> dict:
     """Train one arm x seed through the bundle, evaluate its last and selected models; reused when finished."""
     out = Path(args.workdir) / "arms" / arm / f"seed{seed}"
     record = out / "run.json"
     common = {
-        "dataset_dir": str(datalist.parent), "output_dir": str(out / "train"), "ckpt_dir": str(out / "models"),
+        "dataset_dir": str(datalists["train"].parent), "output_dir": str(out / "train"), "ckpt_dir": str(out / "models"),
         "patch_size": list(args.patch), "network_def#features": list(args.features), "num_workers": 0, "seed": seed,
     }
     overrides: dict[str, object] = {
-        **common, "datalist": str(split_datalist(datalist, "train", arm)),
+        **common, "datalist": str(datalists["supervised" if arm == "supervised" else "train"]),
         "labeled_batch_size": args.batch[0], "unlabeled_batch_size": args.batch[1],
         "max_iterations": args.iterations, "val_interval": args.val_interval, "learning_rate": args.lr,
     }
@@ -168,7 +165,7 @@ def run_one(arm: str, seed: int, args, datalist: Path) -> dict:
         for model in MODELS:
             for window in args.windows:
                 name = f"{split}_{model}_{window}"
-                ov = {**common, "datalist": str(split_datalist(datalist, f"eval_{split}", arm)),
+                ov = {**common, "datalist": str(datalists[f"eval_{split}"]),
                       "ckpt_dir": str(ckpt_dirs[model]), "output_dir": str(out / "eval" / name), "sw_protocol": window,
                       "paper_sw_roi": list(args.patch), "paper_sw_stride": stride}
                 eval_s += bundle(f"evaluate_{name}", ["train.yaml", "evaluate.yaml"], ov)
@@ -339,10 +336,10 @@ def main(argv=None) -> dict:
     t0 = time.time()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    datalist = prepare(args)
+    datalists = derived_datalists(prepare(args))
     jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        runs = list(pool.map(lambda j: run_one(j[0], j[1], args, datalist), jobs))
+        runs = list(pool.map(lambda j: run_one(j[0], j[1], args, datalists), jobs))
     command = " ".join(["python", "benchmarks/la_protocol.py", *(sys.argv[1:] if argv is None else argv)])
     settings = {k: v for k, v in vars(args).items() if k != "force"}
     report = {"benchmark": "la_protocol", "command": command, "settings": settings, "machine": machine(),
