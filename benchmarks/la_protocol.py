@@ -109,11 +109,21 @@ def derived_datalists(datalist: Path) -> dict[str, Path]:
     scores); ``train`` is the datalist itself."""
     full = json.loads(datalist.read_text())
     out = {"train": datalist, "supervised": datalist.with_name("datalist_supervised.json")}
-    out["supervised"].write_text(json.dumps({**full, "unlabeled": []}, indent=2))
+    _write_once(out["supervised"], json.dumps({**full, "unlabeled": []}, indent=2))
     for split in ("validation", "test"):
         out[f"eval_{split}"] = datalist.with_name(f"datalist_eval_{split}.json")
-        out[f"eval_{split}"].write_text(json.dumps({**full, "test": full[split]}, indent=2))
+        _write_once(out[f"eval_{split}"], json.dumps({**full, "test": full[split]}, indent=2))
     return out
+
+
+def _write_once(path: Path, text: str) -> None:
+    """Write ``text`` unless the file already holds it; atomically (another runner on the same work folder may be
+    reading it)."""
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------------- runs
@@ -126,9 +136,10 @@ def run_one(arm: str, seed: int, args, datalists: dict[str, Path]) -> dict:
         "patch_size": list(args.patch), "network_def#features": list(args.features), "num_workers": 0, "seed": seed,
     }
     overrides: dict[str, object] = {
-        **common, "datalist": str(datalists["supervised" if arm == "supervised" else "train"]),
+        **common, "datalist": str(datalists["supervised" if arm.startswith("supervised") else "train"]),
         "labeled_batch_size": args.batch[0], "unlabeled_batch_size": args.batch[1],
         "max_iterations": args.iterations, "val_interval": args.val_interval, "learning_rate": args.lr,
+        "amp": False,  # fp32 unless the arm says otherwise (the *_bf16 arms)
     }
     own = ARMS[arm]
     overrides.update(own(args) if callable(own) else own)
@@ -273,6 +284,8 @@ def comparisons(runs: list[dict], n_boot: int = 10000) -> list[dict]:
     pairs = [(a, "supervised") for a in arms if a != "supervised" and "supervised" in arms]
     pairs += [(a, "mean_teacher") for a in arms if a.startswith("dycon") and "mean_teacher" in arms]
     pairs += [("dycon_paper", "dycon_official")] if {"dycon_paper", "dycon_official"} <= set(arms) else []
+    pairs += [(a, base) for a in arms if a.endswith("_bf16") and (base := a.removesuffix("_bf16")) in arms]
+    pairs = list(dict.fromkeys(pairs))
     names = runs[0]["per_case"].keys() if runs else []
     return [p for name in names for a, b in pairs if (p := paired(runs, a, b, name, n_boot=n_boot))]
 
@@ -293,12 +306,12 @@ def markdown(report: dict) -> str:
         cells = [f"{ev[n]['mean']:.3f} +- {ev[n]['std_cases']:.3f} [{ev[n]['std_seeds']:.3f}]" for n in names]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {t:.1f} |")
     lines += ["", "Paired per-case Dice differences (seed-averaged cases): mean, cases improved, sign test p, "
-              "bootstrap 95 % interval; seed-matched differences of the case means.", "",
+              "bootstrap 95 % interval; seed-matched differences of the case means (seed in brackets).", "",
               "| evaluation | a - b | mean | improved | sign p | bootstrap 95 % | per seed |", "|---|---|---|---|---|---|---|"]
     for p in report["paired"]:
         lines.append(f"| {p['evaluation']} | {p['a']} - {p['b']} | {p['mean_diff']:+.4f} | {p['improved']}/{p['cases']} "
                      f"| {p['sign_test_p']:.3f} | [{p['bootstrap_95'][0]:+.4f}, {p['bootstrap_95'][1]:+.4f}] | "
-                     + ", ".join(f"{d:+.3f}" for d in p["seed_matched"]) + " |")
+                     + ", ".join(f"{d:+.3f} ({seed})" for seed, d in zip(p["seeds"], p["seed_matched"])) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -89,6 +89,14 @@ DIAGNOSTIC_ARMS: dict[str, object] = {
     "dycon_paper_eta_0.1": {**PAPER, "eta": 0.1},  # a weaker unsupervised term
 }
 ARMS.update(DIAGNOSTIC_ARMS)  # type: ignore[arg-type]
+# precision check (benchmarks/README.md, CPU training speed): the same arm in the bundles' fastest CPU setting,
+# bfloat16 autocast with channels-last activations; every other arm sets amp false (the bundles' default is "auto")
+BF16 = {"amp": True, "amp_dtype": "bfloat16", "channels_last": True}
+PRECISION_ARMS: dict[str, object] = {
+    "dycon_paper_bf16": {**PAPER, **BF16},
+    "supervised_bf16": BF16,
+}
+ARMS.update(PRECISION_ARMS)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -203,7 +211,7 @@ def arm_overrides(name: str, args, datalist: Path, supervised_datalist: Path, ou
     """The bundle overrides of one arm: the shared protocol, then the arm's own."""
     common: dict[str, object] = {
         "dataset_dir": str(datalist.parent),
-        "datalist": str(supervised_datalist if name == "supervised" else datalist),
+        "datalist": str(supervised_datalist if name.startswith("supervised") else datalist),
         "output_dir": str(out / "eval"),
         "ckpt_dir": str(out / "models"),
         "patch_size": list(args.patch),
@@ -215,6 +223,7 @@ def arm_overrides(name: str, args, datalist: Path, supervised_datalist: Path, ou
         "learning_rate": args.lr,
         "num_workers": 0,
         "seed": args.seed,
+        "amp": False,
     }
     own = ARMS[name]
     return {**common, **(own(args) if callable(own) else own)}

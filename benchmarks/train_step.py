@@ -121,6 +121,11 @@ def run_arm(args) -> dict:
     from custom.networks import UNet3D, make_teacher
     from custom.schedules import BetaSchedule
 
+    if args.allocator == "retain":  # before anything large is allocated
+        from custom.allocator import retain_freed_memory
+
+        if not retain_freed_memory():
+            raise RuntimeError("--allocator retain: glibc refused the malloc settings (or this is not glibc)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -190,10 +195,33 @@ def run_arm(args) -> dict:
 
     trainer.add_event_handler(Events.GET_BATCH_COMPLETED, tic)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, toc)  # after the EMA / schedule handlers
+    import resource
+
+    usage = []  # CPU time (user, system) of this process over the timed iterations
+
+    def mark_usage(engine):
+        if engine.state.iteration == args.warmup + 1:
+            usage.append(resource.getrusage(resource.RUSAGE_SELF))
+
+    trainer.add_event_handler(Events.ITERATION_STARTED, mark_usage)
+    profiler = None
+    if args.profile:  # the timed iterations only (after the warmup)
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+
+        def start_profile(engine):
+            if engine.state.iteration == args.warmup + 1:
+                profiler.__enter__()
+
+        trainer.add_event_handler(Events.ITERATION_STARTED, start_profile)
     rss_before = current_rss_mib()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     trainer.run()
+    usage.append(resource.getrusage(resource.RUSAGE_SELF))
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+    user_s = (usage[-1].ru_utime - usage[0].ru_utime) / args.repeats
+    sys_s = (usage[-1].ru_stime - usage[0].ru_stime) / args.repeats
     out = getattr(trainer.state, "output", {}) or {}
     result = {
         "arm": args.arm,
@@ -201,6 +229,9 @@ def run_arm(args) -> dict:
         "warmup_s": times[: args.warmup],
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_run_mib": rss_before,
+        "cpu_user_s_per_iteration": user_s,
+        "cpu_system_s_per_iteration": sys_s,
+        "minor_page_faults_per_iteration": (usage[-1].ru_minflt - usage[0].ru_minflt) / args.repeats,
         "skipped_steps": int(trainer.state.skipped_steps),
         "last_loss": {k: float(out[k]) for k in ("loss", "supervised", "uncl", "fecl", "mse") if k in out},
         "parameters": sum(p.numel() for p in net.parameters()),
@@ -208,7 +239,45 @@ def run_arm(args) -> dict:
     }
     if cuda:
         result["max_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if profiler is not None:
+        result["profile"] = phase_profile(profiler, sum(times[args.warmup:]), args.repeats)
     return result
+
+
+def phase_profile(profiler, wall_s: float, iterations: int, top: int = 8) -> dict:
+    """Time per phase of the iteration (the trainer's ``record_function`` ranges, ``custom.engines.PHASES`` and the
+    EMA handler's) and, inside each phase, the operators with the most self time: seconds per iteration and
+    fractions of the profiled wall time. ``other`` is the iteration time outside the phases (handlers, batch)."""
+    from collections import defaultdict
+
+    from custom.engines.mean_teacher import PHASES
+
+    phases = (*PHASES, "dycon.teacher_ema")
+    per_phase = defaultdict(float)
+    per_op = defaultdict(lambda: defaultdict(float))
+    events = profiler.events()
+    for evt in events:
+        if evt.name in phases:
+            per_phase[evt.name] += evt.cpu_time_total
+            continue
+        parent = evt.cpu_parent
+        while parent is not None and parent.name not in phases:
+            parent = parent.cpu_parent
+        per_op[parent.name if parent is not None else "other"][evt.name] += evt.self_cpu_time_total
+    wall_us = wall_s * 1e6
+    per_phase["other"] = max(0.0, wall_us - sum(per_phase.values()))
+    out = {}
+    for name in (*phases, "other"):
+        if name not in per_phase:
+            continue
+        ops = sorted(per_op[name].items(), key=lambda kv: -kv[1])[:top]
+        out[name.removeprefix("dycon.")] = {
+            "s_per_iteration": per_phase[name] / 1e6 / iterations,
+            "fraction": per_phase[name] / wall_us,
+            "top_ops_s_per_iteration": {op: t / 1e6 / iterations for op, t in ops},
+        }
+    return {"iterations": iterations, "note": "profiled run: its timings include the profiler's overhead",
+            "phases": out}
 
 
 def parse_args(argv=None):
@@ -222,9 +291,13 @@ def parse_args(argv=None):
     p.add_argument("--fecl-variant", choices=("official", "paper"), default=None)
     p.add_argument("--amp", choices=tuple(AMP), default="off")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--allocator", choices=("default", "retain"), default="default",
+                   help="glibc malloc as it is, or custom.allocator.retain_freed_memory() (no mmap / trim)")
     p.add_argument("--teacher-mode", choices=("inference", "no_grad"), default="inference",
                    help="teacher forward under torch.inference_mode (the trainer's default) or torch.no_grad")
     p.add_argument("--compile", action="store_true", help="torch.compile the student's and teacher's forwards")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler over the timed iterations: time per phase and its top operators")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--repeats", type=int, default=5, help="timed iterations per arm")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
@@ -253,8 +326,9 @@ def _child_argv(args, arm):
             "--unlabeled", str(args.unlabeled), "--features", *map(str, args.features),
             "--fecl-variant", args.fecl_variant, "--amp", args.amp, "--device", args.device,
             "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads),
-            "--teacher-mode", args.teacher_mode, "--arm", arm]
-    return argv + (["--channels-last"] if args.channels_last else []) + (["--compile"] if args.compile else [])
+            "--teacher-mode", args.teacher_mode, "--allocator", args.allocator, "--arm", arm]
+    flags = [("--channels-last", args.channels_last), ("--compile", args.compile), ("--profile", args.profile)]
+    return argv + [flag for flag, on in flags if on]
 
 
 def main(argv=None) -> dict:
@@ -280,8 +354,8 @@ def main(argv=None) -> dict:
         "settings": {
             "bundle": args.bundle, "config": args.config, "patch": args.patch, "labeled": args.labeled,
             "unlabeled": args.unlabeled, "features": args.features, "fecl_variant": args.fecl_variant,
-            "amp": args.amp, "channels_last": args.channels_last, "teacher_mode": args.teacher_mode,
-            "compile": args.compile, "device": args.device, "repeats": args.repeats,
+            "amp": args.amp, "allocator": args.allocator, "channels_last": args.channels_last, "teacher_mode": args.teacher_mode,
+            "compile": args.compile, "profile": args.profile, "device": args.device, "repeats": args.repeats,
             "warmup": args.warmup, "threads": args.threads, "eta": args.eta, "loader": "excluded (pre-built batches)",
             "memory": "peak RSS of the arm's own process (includes ~imports); max_allocated on CUDA",
         },

@@ -2,7 +2,7 @@
 
     dycon prepare {la,brats19,pancreas,isles22} --src DIR --dst DIR [--labeled N | --fraction F] [--random --seed S]
     dycon synth {la,brats19,pancreas,isles22} --dst DIR
-    dycon demo [--workdir demo_output] [--source auto|real|synthetic] [--iterations 60]
+    dycon demo [--workdir demo_output] [--source auto|real|synthetic] [--iterations 60] [--amp auto|false]
 
 Every sub-command imports its implementation lazily, so ``dycon --help`` stays fast.
 """

@@ -92,6 +92,7 @@ def run_demo(
     patch: tuple[int, int, int] = (64, 64, 48),
     features: tuple[int, ...] = (8, 16, 32, 64, 128),
     fecl_variant: str = "official",
+    amp: bool | str = "auto",
 ) -> Path:
     """Prepare data, train, evaluate and infer; returns the work directory.
 
@@ -102,7 +103,10 @@ def run_demo(
         patch: training patch (multiples of 16).
         features: U-Net filters (the bundle default is 16-256; the demo uses a slimmer net for the CPU).
         fecl_variant: ``"official"`` or ``"paper"``.
+        amp: the bundle's ``amp``: ``"auto"`` (bf16 autocast on CPUs with AMX / AVX512-BF16, the fastest setting
+            measured: benchmarks/README.md), ``false`` to force fp32, ``true``.
     """
+    from custom.precision import resolve_amp
     from custom.data.la import prepare_la, synth_la
 
     t0 = time.time()
@@ -134,10 +138,15 @@ def run_demo(
         "num_workers": 0,
         "sw_overlap": 0.25,
     }
-    print(f"[2/4] train: {iterations} iterations, 2 labeled + 2 unlabeled per batch, FeCL {fecl_variant}", flush=True)
+    import torch
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"  # the bundle's own choice of device
+    precision = "bf16 autocast" if resolve_amp(amp, device) else "fp32"
+    print(f"[2/4] train: {iterations} iterations, 2 labeled + 2 unlabeled per batch, FeCL {fecl_variant}, "
+          f"{precision} on {device} (amp={amp}; --amp false forces fp32)", flush=True)
     _bundle_run(["train.yaml"], {**common, "max_iterations": iterations, "val_interval": val_interval,
-                                  "labeled_batch_size": 2, "unlabeled_batch_size": 2, "fecl_variant": fecl_variant},
-                log)
+                                  "labeled_batch_size": 2, "unlabeled_batch_size": 2, "fecl_variant": fecl_variant,
+                                  "amp": amp}, log)
     print("[3/4] evaluate on the test cases", flush=True)
     _bundle_run(["train.yaml", "evaluate.yaml"], common, log)
     print("[4/4] inference on the test images", flush=True)

@@ -12,17 +12,24 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.transforms import Transform
 from monai.utils import CommonKeys as Keys
+from monai.utils import convert_to_tensor
 from ignite.engine import Events
 from ignite.metrics import Metric
 from torch import nn
+from torch.profiler import record_function
 from torch.optim import Optimizer
 
 from custom.flags import as_bool
 from custom.losses.dycon import DyCONLoss
+from custom.precision import resolve_amp, resolve_amp_dtype, resolve_channels_last
 from custom.samplers import InfiniteSeededSampler, seed_iteration
 from custom.schedules import optimizer_step
 
-__all__ = ["MeanTeacherTrainer"]
+__all__ = ["MeanTeacherTrainer", "PHASES"]
+
+# the phases of one iteration, as torch.profiler ranges (record_function): benchmarks/train_step.py --profile
+# reports the time per phase from them (the teacher EMA is custom.handlers.TeacherEMAHandler's "dycon.teacher_ema")
+PHASES = ("dycon.student_forward", "dycon.teacher_forward", "dycon.losses", "dycon.backward", "dycon.optimizer_step")
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +42,11 @@ def _stream_sampler(loader: Any) -> InfiniteSeededSampler | None:
         if isinstance(candidate, InfiniteSeededSampler):
             return candidate
     return None
+
+
+def _plain(t: Any) -> torch.Tensor:
+    """``t`` as a plain ``torch.Tensor`` (a MetaTensor's data without its metadata, no copy)."""
+    return convert_to_tensor(t, track_meta=False)
 
 
 def _batch_size(loader: Any) -> int:
@@ -87,8 +99,12 @@ class MeanTeacherTrainer(SupervisedTrainer):
         noise_std, noise_clip: teacher input noise.
         grad_clip_norm: max gradient norm (None: no clipping).
         seed: per-iteration seeding (None: off).
-        amp: autocast the forward passes; ``amp_dtype`` "float16" (with a GradScaler on CUDA) or "bfloat16".
-        channels_last: use ``torch.channels_last_3d`` for the inputs (the network should be converted too).
+        amp: autocast the forward passes: true / false, or "auto" (bfloat16 where the device computes it natively:
+            :mod:`custom.precision`); ``amp_dtype`` "float16" (with a GradScaler on CUDA), "bfloat16" or "auto".
+        channels_last: convert the student's and teacher's weights (in place) and the inputs to
+            ``torch.channels_last_3d`` (convolutions, pooling, upsampling and :class:`custom.networks.InstanceNorm3d`
+            then keep that layout); "auto": with bfloat16 autocast on the CPU, where it pays
+            (:func:`custom.precision.resolve_channels_last`).
         teacher_inference_mode: run the teacher under ``torch.inference_mode`` (no autograd bookkeeping at all;
             its outputs are cloned into normal tensors for the losses) instead of ``torch.no_grad``.
         compile: ``torch.compile`` the forward passes the trainer calls (student and teacher; the modules themselves
@@ -113,9 +129,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
         noise_clip: float = 0.2,
         grad_clip_norm: float | None = 1.0,
         seed: int | None = None,
-        amp: bool = False,
+        amp: bool | str = False,
         amp_dtype: str = "float16",
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         teacher_inference_mode: bool = True,
         compile: bool | str = False,
         non_blocking: bool = False,
@@ -133,8 +149,8 @@ class MeanTeacherTrainer(SupervisedTrainer):
             raise TypeError(f"loss_function must be a custom.losses.DyCONLoss, got {type(loss_function).__name__}")
         if unlabeled_data_loader is not None and teacher is None:
             raise ValueError("a teacher network is required when an unlabeled loader is given")
-        if amp_dtype not in _AMP_DTYPES:
-            raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}")
+        amp = resolve_amp(amp, device)
+        amp_dtype = resolve_amp_dtype(amp_dtype, device)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -150,7 +166,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
             additional_metrics=additional_metrics,
             metric_cmp_fn=metric_cmp_fn,
             train_handlers=train_handlers,
-            amp=as_bool(amp, "amp"),
+            amp=amp,
             decollate=decollate,
             optim_set_to_none=optim_set_to_none,
             to_kwargs=to_kwargs,
@@ -163,7 +179,13 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.grad_clip_norm = grad_clip_norm
         self.seed = seed
         self.amp_dtype = _AMP_DTYPES[amp_dtype]
-        self.channels_last = as_bool(channels_last, "channels_last")
+        self.channels_last = resolve_channels_last(channels_last, amp, amp_dtype, device)
+        if self.channels_last:  # weights too: a 1-channel input alone does not make oneDNN pick the layout
+            for net in (network, teacher):
+                if isinstance(net, nn.parallel.DistributedDataParallel):  # its gradient buckets follow the layout
+                    logger.warning("channels_last: convert the network before wrapping it in DDP; left as it is")
+                elif net is not None:
+                    net.to(memory_format=torch.channels_last_3d)  # in place: the optimizer keeps its parameters
         self.teacher_inference_mode = as_bool(teacher_inference_mode, "teacher_inference_mode")
         # True / False (also as the strings "true" / "false" of a command line) or a torch.compile backend name
         try:
@@ -268,9 +290,11 @@ class MeanTeacherTrainer(SupervisedTrainer):
         if engine.semi_supervised:
             unl = engine._next_unlabeled()
             x_unl = unl[Keys.IMAGE].to(engine.state.device, non_blocking=engine.non_blocking)
-            x = torch.cat([torch.as_tensor(x_lab), torch.as_tensor(x_unl)], 0)
-        x = torch.as_tensor(x)
-        y = torch.as_tensor(y_lab)
+            x = torch.cat([_plain(x_lab), _plain(x_unl)], 0)
+        # plain tensors for the compute (MONAI's MetaTensor would wrap every operation of the networks and losses;
+        # state.output keeps the loader's tensors with their metadata)
+        x = _plain(x)
+        y = _plain(y_lab)
         if engine.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         loss_fn: DyCONLoss = engine.loss_function
@@ -288,29 +312,32 @@ class MeanTeacherTrainer(SupervisedTrainer):
         saved_buffers = [(b, b.detach().clone()) for n in nets for b in n.buffers()]
         autocast = torch.autocast(engine.state.device.type, dtype=engine.amp_dtype, enabled=bool(engine.amp))
         with autocast:
-            s_logits, s_emb = engine._forward(engine.network, x, embeddings)
+            with record_function(PHASES[0]):
+                s_logits, s_emb = engine._forward(engine.network, x, embeddings)
             t_logits = t_emb = None
             if engine.semi_supervised:
                 engine.teacher.train()  # type: ignore[union-attr]
                 no_grad = torch.inference_mode if engine.teacher_inference_mode else torch.no_grad
-                with no_grad():
-                    noise = torch.clamp(torch.randn_like(x) * engine.noise_std, -engine.noise_clip, engine.noise_clip)
-                    t_logits, t_emb = engine._forward(engine.teacher, x + noise, embeddings)  # type: ignore[arg-type]
-                if engine.teacher_inference_mode:  # inference tensors cannot enter autograd: normal copies
-                    t_logits = t_logits.clone()
-                    t_emb = None if t_emb is None else t_emb.clone()
+                with record_function(PHASES[1]):
+                    with no_grad():
+                        noise = torch.randn_like(x).mul_(engine.noise_std).clamp_(-engine.noise_clip, engine.noise_clip)
+                        t_logits, t_emb = engine._forward(engine.teacher, x + noise, embeddings)  # type: ignore[arg-type]
+                    if engine.teacher_inference_mode:  # inference tensors cannot enter autograd: normal copies
+                        t_logits = t_logits.clone()
+                        t_emb = None if t_emb is None else t_emb.clone()
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         # the losses run in float32 (softmax / entropy / logsumexp are precision sensitive)
-        parts = loss_fn(
-            s_logits.float(),
-            y,
-            None if t_logits is None else t_logits.float(),
-            beta=beta if not math.isnan(beta) else 0.0,
-            eta=None if eta is None else float(eta),
-            student_embeddings=None if s_emb is None else s_emb.float(),
-            teacher_embeddings=None if t_emb is None else t_emb.float(),
-            step=optimizer_step(engine.state),
-        )
+        with record_function(PHASES[2]):
+            parts = loss_fn(
+                s_logits.float(),
+                y,
+                None if t_logits is None else t_logits.float(),
+                beta=beta if not math.isnan(beta) else 0.0,
+                eta=None if eta is None else float(eta),
+                student_embeddings=None if s_emb is None else s_emb.float(),
+                teacher_embeddings=None if t_emb is None else t_emb.float(),
+                step=optimizer_step(engine.state),
+            )
         loss = parts["loss"]
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         engine.state.step_skipped = not bool(torch.isfinite(loss))  # read by TeacherEMAHandler: no EMA update then
@@ -324,11 +351,13 @@ class MeanTeacherTrainer(SupervisedTrainer):
                 engine.scaler.step(engine.optimizer)
                 engine.scaler.update()
             else:
-                loss.backward()
+                with record_function(PHASES[3]):
+                    loss.backward()
                 engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-                if engine.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
-                engine.optimizer.step()
+                with record_function(PHASES[4]):
+                    if engine.grad_clip_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), engine.grad_clip_norm)
+                    engine.optimizer.step()
         else:
             engine.state.skipped_steps += 1
             engine.optimizer.zero_grad(set_to_none=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
+from torch.profiler import record_function
 
 from custom.schedules import ema_alpha, optimizer_step
 
@@ -77,4 +78,5 @@ class TeacherEMAHandler:
         if getattr(engine.state, "step_skipped", False):
             return
         student = self.student if self.student is not None else engine.network  # type: ignore[attr-defined]
-        engine.state.ema_alpha = self.update(student, optimizer_step(engine.state))
+        with record_function("dycon.teacher_ema"):
+            engine.state.ema_alpha = self.update(student, optimizer_step(engine.state))

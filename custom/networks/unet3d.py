@@ -13,8 +13,9 @@ Architecture (defaults, see ``docs/dycon_method.md`` sections 2 and 3)::
              Conv1x1(256->512) -> BN -> ReLU -> Conv1x1(512->256) -> BN -> L2 norm over channels
              -> embeddings (B, 256, X/8, Y/8, Z/8)
 
-As in the released code the dropout layers are ``nn.Dropout`` (element-wise); ``spatial_dropout=True`` switches
-to ``nn.Dropout3d``. Weights are initialised like the released code (Kaiming normal, fan_in, for every
+As in the released code the dropout layers are element-wise (:class:`Dropout`, ``nn.Dropout``'s distribution with a
+faster mask) and the normalisation is instance norm (:class:`InstanceNorm3d`, computed by the GroupNorm kernel);
+``spatial_dropout=True`` switches to ``nn.Dropout3d``. Weights are initialised like the released code (Kaiming normal, fan_in, for every
 convolution; BatchNorm weight N(1, 0.02), bias 0). With the defaults the network has 6,148,498 parameters with
 the projection head (5,884,050 without).
 """
@@ -29,7 +30,119 @@ from torch import Tensor, nn
 
 from custom.networks.projection import ProjectionHead
 
-__all__ = ["UNet3D"]
+__all__ = ["UNet3D", "InstanceNorm3d", "Dropout"]
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d(affine=False)`` computed by the GroupNorm kernel with one group per channel.
+
+    GroupNorm with ``C`` groups and no affine is the same function (per sample and channel: subtract the mean over
+    the spatial dimensions, divide by ``sqrt(biased variance + eps)``), and its fused CPU kernels are faster than
+    instance norm's (which runs batch norm on a ``(1, B*C, ...)`` view): about 2x forward in fp32 and 1.5x forward +
+    backward in bf16 on the 16-channel full-resolution tensors measured here (benchmarks/README.md). No parameters,
+    no buffers: state dicts are those of ``nn.InstanceNorm3d(affine=False)`` (the only setting it implements).
+
+    Shapes: ``(B, C, X, Y, Z)`` -> ``(B, C, X, Y, Z)``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__(num_features, eps=eps, affine=False, track_running_stats=False)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() != 5 or input.shape[1] != self.num_features:
+            raise ValueError(f"expected (B, {self.num_features}, X, Y, Z), got input size {list(input.shape)}")
+        if input.shape[2] * input.shape[3] * input.shape[4] <= 1:  # as F.instance_norm: no statistics from 1 voxel
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {list(input.shape)}")
+        if torch.jit.is_scripting() or not _channels_last_with_grad(input):
+            return F.group_norm(input, self.num_features, eps=self.eps)
+        return self._channels_last(input)
+
+    @torch.jit.unused
+    def _channels_last(self, input: Tensor) -> Tensor:
+        return _ChannelsLastInstanceNorm.apply(input, self.eps)
+
+
+def _channels_last_with_grad(x: Tensor) -> bool:
+    return (
+        x.requires_grad
+        and torch.is_grad_enabled()
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
+        and not x.is_contiguous()
+    )
+
+
+def _tile(s: int) -> int:
+    """A divisor of ``s`` (at most 64) to fold into the channel dimension: per-channel reductions and broadcasts
+    over a ``(B, S, C)`` view with a 16-channel inner dimension vectorize poorly, over ``(B, S / k, k * C)`` well."""
+    k = 64
+    while s % k:
+        k //= 2
+    return k
+
+
+class _ChannelsLastInstanceNorm(torch.autograd.Function):
+    """Instance norm of a ``channels_last_3d`` tensor: GroupNorm's forward (fast in that layout) and a backward
+    written for it. torch's GroupNorm backward is ~30x slower on channels-last 3D tensors than on contiguous ones
+    here, and channels-last is what makes oneDNN's bf16 convolutions, pooling and trilinear upsampling fast on the
+    CPU (benchmarks/README.md). With ``y = (x - mean) * rstd`` per sample and channel over the S voxels:
+    ``dx = rstd * (dy - mean_S(dy) - y * mean_S(dy * y))``.
+
+    The backward uses the forward's ``y`` (computed by the kernel with float32 statistics), not ``y`` recomputed
+    from ``x``: in bf16, ``x - mean`` cancels when ``|mean| >> std``. The network's in-place ReLU would overwrite
+    that ``y``, so the function returns a copy of it.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        b, c = x.shape[:2]
+        y, _, rstd = torch.native_group_norm(x, None, None, b, c, x.numel() // (b * c), c, eps)
+        ctx.save_for_backward(y, rstd)
+        return y.clone(memory_format=torch.channels_last_3d)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):  # type: ignore[override]
+        y, rstd = ctx.saved_tensors
+        b, c = y.shape[:2]
+        s = y.numel() // (b * c)
+        k = _tile(s)
+        shape = (b, s // k, k * c)
+        # (B, C, X, Y, Z) channels-last is (B, X, Y, Z, C) in memory: a free view as (B, S/k, k*C)
+        yv = y.permute(0, 2, 3, 4, 1).reshape(shape)
+        dyv = dy.contiguous(memory_format=torch.channels_last_3d).permute(0, 2, 3, 4, 1).reshape(shape)
+
+        def tiled(v: Tensor) -> Tensor:  # (B, C) -> (B, 1, k*C), float32
+            return v.float().reshape(b, 1, 1, c).expand(b, 1, k, c).reshape(b, 1, k * c)
+
+        def per_channel_mean(v: Tensor) -> Tensor:  # (B, S/k, k*C) -> (B, 1, k*C), float32
+            # the partial sums over S/k voxels accumulate in float32 inside sum() (bf16's accumulation type);
+            # asking for a float32 result instead would first copy the whole tensor to float32
+            return tiled(v.sum(1).float().reshape(b, k, c).sum(1) / s)
+
+        r = tiled(rstd)
+        mean_dy = per_channel_mean(dyv)
+        mean_dyy = per_channel_mean(dyv * yv)
+        dt = dyv.dtype  # dx = r * dy - r * mean_dy - (r * mean_dyy) * y, per-channel factors in dy's dtype
+        dx = torch.addcmul((-r * mean_dy).to(dt), dyv, r.to(dt)).addcmul_(yv, (-r * mean_dyy).to(dt))
+        return dx.reshape(b, *y.shape[2:], c).permute(0, 4, 1, 2, 3), None
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (element-wise, scaled by ``1 / (1 - p)``) with the mask drawn as ``uniform(0, 1) >= p``.
+
+    The same Bernoulli(1 - p) mask per element, drawn from float32 uniforms whatever the input dtype; torch's CPU
+    ``bernoulli_`` is about 2.5x slower than ``rand`` on the full-resolution tensor this network drops
+    (benchmarks/README.md). The random stream differs from ``nn.Dropout``'s, the distribution does not.
+
+    Shapes: any -> the same.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return input
+        if self.p == 1.0:
+            return input * 0.0
+        keep = torch.rand_like(input, dtype=torch.float32) >= self.p  # in the input's memory format
+        return input * keep.to(input.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class _DoubleConv(nn.Sequential):
@@ -38,10 +151,10 @@ class _DoubleConv(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
             nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.InstanceNorm3d(out_channels, affine=False),
+            InstanceNorm3d(out_channels),
             nn.ReLU(inplace=True),
             nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.InstanceNorm3d(out_channels, affine=False),
+            InstanceNorm3d(out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -112,7 +225,7 @@ class UNet3D(nn.Module):
             prev = f
         self.decoders = nn.ModuleList(decoders)
 
-        drop = nn.Dropout3d if spatial_dropout else nn.Dropout
+        drop = nn.Dropout3d if spatial_dropout else Dropout
         self.dropout_bottleneck = drop(p=dropout)
         self.dropout_out = drop(p=dropout)
         self.final = nn.Conv3d(feats[0], self.out_channels, kernel_size=1)
@@ -158,7 +271,7 @@ class UNet3D(nn.Module):
         for enc in self.encoders:
             h = enc(h)
             skips.append(h)
-            h = self.pool(h)
+            h = self.pool(h) if torch.jit.is_scripting() else self._pool_in_input_dtype(h)
         h = self.dropout_bottleneck(self.bottleneck(h))
         bottleneck = h
         n = len(skips)
@@ -167,6 +280,16 @@ class UNet3D(nn.Module):
             h = dec(torch.cat([skips[n - 1 - i], h], dim=1))
         h = self.dropout_out(h)
         return self.final(h), bottleneck
+
+    @torch.jit.unused
+    def _pool_in_input_dtype(self, h: Tensor) -> Tensor:
+        """Max pooling in ``h``'s own dtype. CPU autocast runs ``max_pool3d`` in float32, i.e. casts every
+        bf16 activation up and its gradient back; the max of bf16 values is exact in bf16, so the result (and the
+        next convolution, which autocast feeds bf16) is bit-identical without the two copies."""
+        if not torch.is_autocast_enabled(h.device.type):
+            return self.pool(h)
+        with torch.autocast(h.device.type, enabled=False):
+            return self.pool(h)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, X, Y, Z)`` -> logits ``(B, out_channels, X, Y, Z)``."""

@@ -54,6 +54,26 @@ def test_train_step_smoke():
 
 
 @pytest.mark.timeout(120)
+def test_train_step_profile_and_cpu_settings_smoke():
+    """--profile splits the iteration into the trainer's phases; the CPU settings of the speed table run."""
+    out = _run("train_step.py", "--bundle", "la", "--patch", "32", "32", "16", "--labeled", "1", "--unlabeled", "1",
+               "--features", "4", "8", "16", "--repeats", "2", "--warmup", "1", "--arms", "dycon", "--profile",
+               "--allocator", "retain", "--amp", "bf16", "--channels-last")
+    s, d = out["settings"], out["arms"]["dycon"]
+    assert s["allocator"] == "retain" and s["channels_last"] and s["amp"] == "bf16" and s["profile"]
+    _positive_stats(d, 2)
+    phases = d["profile"]["phases"]
+    expected = {"student_forward", "teacher_forward", "losses", "backward", "optimizer_step", "teacher_ema", "other"}
+    assert set(phases) == expected
+    assert all(p["s_per_iteration"] >= 0 and 0 <= p["fraction"] <= 1.0 for p in phases.values())
+    # the network phases hold most of the time, and their top operators are real aten operators
+    assert phases["student_forward"]["s_per_iteration"] > 0 and phases["backward"]["s_per_iteration"] > 0
+    assert any(op.startswith("aten::") for op in phases["backward"]["top_ops_s_per_iteration"])
+    assert sum(p["fraction"] for p in phases.values()) == pytest.approx(1.0, abs=0.05)
+    assert d["cpu_user_s_per_iteration"] > 0 and d["cpu_system_s_per_iteration"] >= 0
+
+
+@pytest.mark.timeout(120)
 def test_inference_smoke():
     out = _run("inference.py", "--volume", "64", "64", "48", "--paper-roi", "32", "--paper-stride-xy", "16",
                "--paper-stride-z", "8", "--bundle-roi", "32", "32", "32", "--features", "4", "8", "16", "32",

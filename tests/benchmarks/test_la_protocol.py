@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.la_protocol import bootstrap_ci, paired, sign_test, summarise
+from benchmarks.la_protocol import _write_once, bootstrap_ci, comparisons, paired, sign_test, summarise
 
 REPO = Path(__file__).resolve().parents[2]
 LA_H5 = REPO.parent / "shared" / "data" / "LA_h5"
@@ -54,6 +54,26 @@ def test_paired_and_summary():
 
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(not (LA_H5 / "2018LA_Seg_Training Set").is_dir(), reason=f"real LA h5 cases not found at {LA_H5}")
+def test_write_once_leaves_identical_files_alone(tmp_path: Path):
+    f = tmp_path / "datalist.json"
+    _write_once(f, "a")
+    os.utime(f, (1, 1))
+    _write_once(f, "a")  # same text: not rewritten (another runner may be reading it)
+    assert f.stat().st_mtime == 1 and f.read_text() == "a"
+    _write_once(f, "b")
+    assert f.read_text() == "b" and list(tmp_path.iterdir()) == [f]  # replaced atomically, no temporary left
+
+
+def test_bf16_arms_are_compared_with_their_fp32_arm():
+    def run(arm, seed, dice):
+        return {"arm": arm, "seed": seed, "per_case": {"validation_last_bundle": {"c1": {"dice": dice}, "c2": {"dice": dice}}}}
+
+    runs = [run(a, s, d) for s in (1, 2) for a, d in (("supervised", 0.5), ("dycon_paper", 0.6), ("dycon_paper_bf16", 0.65))]
+    pairs = {(p["a"], p["b"]) for p in comparisons(runs, n_boot=100)}
+    assert pairs == {("dycon_paper", "supervised"), ("dycon_paper_bf16", "supervised"),
+                     ("dycon_paper_bf16", "dycon_paper")}  # each pair once
+
+
 def test_tiny_protocol_with_a_held_out_list(tmp_path: Path):
     # a 5-case release: train.list = 4 ids (1 labeled, 2 unlabeled, the last one validation), test.list = 1 id
     ids = (LA_H5 / "train.list").read_text().split()[:5]

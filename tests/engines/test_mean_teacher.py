@@ -431,3 +431,30 @@ def test_output_and_argument_checks():
                            nn.MSELoss(), epoch_length=1)
     with pytest.raises(ValueError):
         build(epoch_length=1, amp_dtype="float64")
+
+
+def test_amp_auto_follows_the_device():
+    from custom.precision import native_bf16
+
+    trainer = build(epoch_length=1, amp="auto", amp_dtype="auto").trainer
+    assert trainer.amp is native_bf16("cpu")
+    assert trainer.amp_dtype == (torch.bfloat16 if native_bf16("cpu") else torch.float16)
+    forced = build(epoch_length=1, amp="false", amp_dtype="auto").trainer  # the command line's fp32 flag
+    assert forced.amp is False
+
+
+def test_channels_last_converts_both_networks_and_trains():
+    from custom.precision import native_bf16
+
+    run = build(epoch_length=2, amp=True, amp_dtype="bfloat16", channels_last=True)
+    cl = torch.channels_last_3d
+    conv_weights = [p for p in run.net.parameters() if p.dim() == 5 and p.shape[1] > 1]
+    assert conv_weights and all(p.is_contiguous(memory_format=cl) for p in conv_weights)
+    assert all(p.is_contiguous(memory_format=cl) for p in run.trainer.teacher.parameters() if p.dim() == 5)
+    params_before = [id(p) for p in run.net.parameters()]
+    run.trainer.run()
+    assert [id(p) for p in run.net.parameters()] == params_before  # converted in place: the optimizer's own
+    assert all(math.isfinite(r["loss"]) for r in run.records) and run.trainer.state.skipped_steps == 0
+    auto = build(epoch_length=1, amp="auto", amp_dtype="auto", channels_last="auto").trainer
+    assert auto.channels_last is native_bf16("cpu")  # auto: with bf16 autocast on the CPU only
+    assert build(epoch_length=1, amp=False, channels_last="auto").trainer.channels_last is False
