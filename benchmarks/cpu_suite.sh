@@ -11,9 +11,9 @@
 # WARMUP (2), THREADS (2), PATCH ("64 64 48"), COMPILE (0; 1 adds a torch.compile row: slower here, 2.6 vs 1.6 s).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out="$(realpath -m "${1:-runs/cpu_suite}")"
+out="$(realpath -m -s "${1:-runs/cpu_suite}")"
 mkdir -p "$out"
-py="$(realpath "${PYTHON:-.venv/bin/python}")"
+py="$(realpath -s "${PYTHON:-.venv/bin/python}")"
 R="${REPEATS:-5}"
 W="${WARMUP:-2}"
 T="${THREADS:-2}"

@@ -95,6 +95,7 @@ BF16 = {"amp": True, "amp_dtype": "bfloat16", "channels_last": True}
 PRECISION_ARMS: dict[str, object] = {
     "dycon_paper_bf16": {**PAPER, **BF16},
     "supervised_bf16": BF16,
+    "dycon_paper_bf16_contiguous": {**PAPER, **BF16, "channels_last": False},  # bf16 alone, the default layout
 }
 ARMS.update(PRECISION_ARMS)  # type: ignore[arg-type]
 

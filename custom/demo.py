@@ -104,7 +104,7 @@ def run_demo(
         features: U-Net filters (the bundle default is 16-256; the demo uses a slimmer net for the CPU).
         fecl_variant: ``"official"`` or ``"paper"``.
         amp: the bundle's ``amp``: ``"auto"`` (bf16 autocast on CPUs with AMX / AVX512-BF16, the fastest setting
-            measured: benchmarks/README.md), ``false`` to force fp32, ``true``.
+            that passed the quality check: benchmarks/README.md), ``false`` to force fp32, ``true``.
     """
     from custom.precision import resolve_amp
     from custom.data.la import prepare_la, synth_la

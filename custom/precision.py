@@ -4,9 +4,10 @@
 
 * CPU: the instruction sets AVX512-BF16 or AMX-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and
   later). There oneDNN runs the bf16 convolutions in hardware; measured on a 2-core Xeon with AMX
-  (benchmarks/README.md, "CPU training speed"): 1.8-2.3x per training iteration, with the same validation Dice
-  as fp32 within seed noise (benchmarks/la_protocol.md, "bf16 against fp32"). Without these instructions bf16 is
-  emulated and slower than fp32, so ``auto`` stays fp32.
+  (benchmarks/README.md, "CPU training speed"): 1.5x per training iteration over fp32 with the same allocator
+  setting, 2.0x with channels-last as well (an option: ``channels_last``); validation Dice as fp32 on the seeds
+  checked on the LA protocol (benchmarks/la_protocol.md, "bf16 against fp32"). Without these instructions bf16
+  is emulated and slower than fp32, so ``auto`` stays fp32.
 * CUDA: GPUs with native bf16 (``torch.cuda.is_bf16_supported()``: Ampere and later).
 
 ``amp: false`` forces fp32 everywhere (the flag for reproducing fp32 results); ``amp: true`` forces autocast with
@@ -61,8 +62,8 @@ def resolve_amp_dtype(amp_dtype: str, device: str | torch.device) -> str:
 def resolve_channels_last(channels_last: bool | str, amp: bool, amp_dtype: str, device: str | torch.device) -> bool:
     """``channels_last`` (true / false / "auto") as a bool: "auto" is true for bfloat16 autocast on the CPU, where
     oneDNN's bf16 convolutions, pooling and trilinear upsampling run in the channels-last layout and the iteration
-    measured 1.3x faster with it (benchmarks/README.md); false elsewhere (slower on a GPU there, and on the CPU in
-    fp32)."""
+    measured 1.3x faster with it (benchmarks/README.md; the bundles keep it off until its quality check is clean:
+    benchmarks/la_protocol.md); false elsewhere (slower on a GPU there)."""
     if _is_auto(channels_last):
         return torch.device(device).type == "cpu" and bool(amp) and amp_dtype == "bfloat16"
     return as_bool(channels_last, "channels_last")
