@@ -197,22 +197,16 @@ def run_arm(args) -> dict:
     trainer.add_event_handler(Events.ITERATION_COMPLETED, toc)  # after the EMA / schedule handlers
     import resource
 
-    usage = []  # CPU time (user, system) of this process over the timed iterations
+    usage = []  # CPU time (user, system) and page faults of this process over the timed iterations
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.profile else None
 
-    def mark_usage(engine):
+    def start_timed_iterations(engine):  # the first iteration after the warmup
         if engine.state.iteration == args.warmup + 1:
             usage.append(resource.getrusage(resource.RUSAGE_SELF))
-
-    trainer.add_event_handler(Events.ITERATION_STARTED, mark_usage)
-    profiler = None
-    if args.profile:  # the timed iterations only (after the warmup)
-        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-
-        def start_profile(engine):
-            if engine.state.iteration == args.warmup + 1:
+            if profiler is not None:
                 profiler.__enter__()
 
-        trainer.add_event_handler(Events.ITERATION_STARTED, start_profile)
+    trainer.add_event_handler(Events.ITERATION_STARTED, start_timed_iterations)
     rss_before = current_rss_mib()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -23,9 +23,9 @@ import torch
 
 from custom.flags import as_bool
 
-__all__ = ["native_bf16", "resolve_amp", "resolve_amp_dtype", "resolve_channels_last"]
+__all__ = ["AMP_DTYPES", "native_bf16", "resolve_amp", "resolve_amp_dtype", "resolve_channels_last"]
 
-AMP_DTYPES = ("float16", "bfloat16")
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}  # autocast dtypes by name
 
 
 def native_bf16(device: str | torch.device) -> bool:
@@ -55,7 +55,7 @@ def resolve_amp_dtype(amp_dtype: str, device: str | torch.device) -> str:
     if _is_auto(amp_dtype):
         return "bfloat16" if native_bf16(device) else "float16"
     if amp_dtype not in AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be one of {AMP_DTYPES} or 'auto', got {amp_dtype!r}")
+        raise ValueError(f"amp_dtype must be one of {tuple(AMP_DTYPES)} or 'auto', got {amp_dtype!r}")
     return str(amp_dtype)
 
 

@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 
 from custom.flags import as_bool
 from custom.losses.dycon import DyCONLoss
-from custom.precision import resolve_amp, resolve_amp_dtype, resolve_channels_last
+from custom.precision import AMP_DTYPES, resolve_amp, resolve_amp_dtype, resolve_channels_last
 from custom.samplers import InfiniteSeededSampler, seed_iteration
 from custom.schedules import optimizer_step
 
@@ -32,9 +32,6 @@ __all__ = ["MeanTeacherTrainer", "PHASES"]
 PHASES = ("dycon.student_forward", "dycon.teacher_forward", "dycon.losses", "dycon.backward", "dycon.optimizer_step")
 
 logger = logging.getLogger(__name__)
-
-_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def _stream_sampler(loader: Any) -> InfiniteSeededSampler | None:
     """The :class:`InfiniteSeededSampler` behind a DataLoader, if any."""
@@ -178,7 +175,7 @@ class MeanTeacherTrainer(SupervisedTrainer):
         self.noise_clip = float(noise_clip)
         self.grad_clip_norm = grad_clip_norm
         self.seed = seed
-        self.amp_dtype = _AMP_DTYPES[amp_dtype]
+        self.amp_dtype = AMP_DTYPES[amp_dtype]
         self.channels_last = resolve_channels_last(channels_last, amp, amp_dtype, device)
         if self.channels_last:  # weights too: a 1-channel input alone does not make oneDNN pick the layout
             for net in (network, teacher):
@@ -286,15 +283,14 @@ class MeanTeacherTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         x_lab, y_lab = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        x = x_lab
+        # plain tensors for the compute (MONAI's MetaTensor would wrap every operation of the networks and losses;
+        # state.output keeps the loader's tensors with their metadata)
+        x = _plain(x_lab)
+        y = _plain(y_lab)
         if engine.semi_supervised:
             unl = engine._next_unlabeled()
             x_unl = unl[Keys.IMAGE].to(engine.state.device, non_blocking=engine.non_blocking)
-            x = torch.cat([_plain(x_lab), _plain(x_unl)], 0)
-        # plain tensors for the compute (MONAI's MetaTensor would wrap every operation of the networks and losses;
-        # state.output keeps the loader's tensors with their metadata)
-        x = _plain(x)
-        y = _plain(y_lab)
+            x = torch.cat([x, _plain(x_unl)], 0)
         if engine.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         loss_fn: DyCONLoss = engine.loss_function
