@@ -52,8 +52,6 @@ def test_paired_and_summary():
     assert paired(runs, "mean_teacher", "supervised", "validation_last_bundle") is None
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.skipif(not (LA_H5 / "2018LA_Seg_Training Set").is_dir(), reason=f"real LA h5 cases not found at {LA_H5}")
 def test_write_once_leaves_identical_files_alone(tmp_path: Path):
     f = tmp_path / "datalist.json"
     _write_once(f, "a")
@@ -74,6 +72,8 @@ def test_bf16_arms_are_compared_with_their_fp32_arm():
                      ("dycon_paper_bf16", "dycon_paper")}  # each pair once
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not (LA_H5 / "2018LA_Seg_Training Set").is_dir(), reason=f"real LA h5 cases not found at {LA_H5}")
 def test_tiny_protocol_with_a_held_out_list(tmp_path: Path):
     # a 5-case release: train.list = 4 ids (1 labeled, 2 unlabeled, the last one validation), test.list = 1 id
     ids = (LA_H5 / "train.list").read_text().split()[:5]
