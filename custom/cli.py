@@ -24,25 +24,25 @@ class Prepare:
 
     def la(self, src: str, dst: str, **kwargs: Any) -> str:
         """Left Atrium: h5 release (``2018LA_Seg_Training Set``) or raw challenge nrrd -> NIfTI + datalist.json."""
-        from custom.data.la import prepare_la
+        from .data.la import prepare_la
 
         return str(prepare_la(src, dst, **kwargs))
 
     def brats19(self, src: str, dst: str, **kwargs: Any) -> str:
         """BraTS 2019: raw ``MICCAI_BraTS_2019_Data_Training/{HGG,LGG}`` NIfTI -> whole-tumour NIfTI + datalist.json."""
-        from custom.data.brats19 import prepare_brats19
+        from .data.brats19 import prepare_brats19
 
         return str(prepare_brats19(src, dst, **kwargs))
 
     def pancreas(self, src: str, dst: str, **kwargs: Any) -> str:
         """Pancreas-NIH: TCIA DICOM series + NIfTI labels (or the preprocessed h5) -> NIfTI + datalist.json."""
-        from custom.data.pancreas import prepare_pancreas
+        from .data.pancreas import prepare_pancreas
 
         return str(prepare_pancreas(src, dst, **kwargs))
 
     def isles22(self, src: str, dst: str, **kwargs: Any) -> str:
         """ISLES 2022: BIDS release (nested or flat) -> DWI (+ ADC) NIfTI + datalist.json for one fold."""
-        from custom.data.isles22 import prepare_isles22
+        from .data.isles22 import prepare_isles22
 
         return str(prepare_isles22(src, dst, **kwargs))
 
@@ -52,25 +52,25 @@ class Synth:
 
     def la(self, dst: str, **kwargs: Any) -> str:
         """Fake 2018 LA challenge release: ``<id>/lgemri.nrrd``, ``<id>/laendo.nrrd``, train.list, test.list."""
-        from custom.data.la import synth_la
+        from .data.la import synth_la
 
         return str(synth_la(dst, **kwargs))
 
     def brats19(self, dst: str, **kwargs: Any) -> str:
         """Fake BraTS 2019 training release: ``{HGG,LGG}/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``."""
-        from custom.data.brats19 import synth_brats19
+        from .data.brats19 import synth_brats19
 
         return str(synth_brats19(dst, **kwargs))
 
     def pancreas(self, dst: str, **kwargs: Any) -> str:
         """Fake TCIA Pancreas-CT release: DICOM series per case + ``TCIA_pancreas_labels-02-05-2017``."""
-        from custom.data.pancreas import synth_pancreas
+        from .data.pancreas import synth_pancreas
 
         return str(synth_pancreas(dst, **kwargs))
 
     def isles22(self, dst: str, **kwargs: Any) -> str:
         """Fake ISLES 2022 BIDS release (``--layout nested | flat``)."""
-        from custom.data.isles22 import synth_isles22
+        from .data.isles22 import synth_isles22
 
         return str(synth_isles22(dst, **kwargs))
 
@@ -84,7 +84,7 @@ class DyconCLI:
 
     def demo(self, workdir: str = "demo_output", source: str = "auto", iterations: int = 60, **kwargs: Any) -> None:
         """Prepare a small LA dataset (real cases when present, else synthetic), train, evaluate and infer."""
-        from custom.demo import run_demo
+        from .demo import run_demo
 
         run_demo(workdir=workdir, source=source, iterations=iterations, **kwargs)
 
@@ -93,7 +93,7 @@ class DyconCLI:
     ) -> str:
         """Self-contained copy of a bundle (name or folder) with the ``custom`` package inside: ``DST/<bundle>/``
         (``--zip``: also ``DST/<bundle>.zip``); ``--model model.pt`` ships weights, ``--torchscript`` adds model.ts."""
-        from custom.export import export_bundle
+        from .export import export_bundle
 
         return str(export_bundle(bundle, dst, zip=zip, model=model, torchscript=torchscript))
 

@@ -62,8 +62,16 @@ def cli_value(value: object) -> str:
 def bundle_command(configs: list[str], overrides: dict[str, object]) -> list[str]:
     """``python -m monai.bundle run`` of the LA bundle's ``configs`` (merged in order) with ``overrides``."""
     files = [str(BUNDLE / "configs" / c) for c in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE), "--config_file",
-           files[0] if len(files) == 1 else json.dumps(files)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--bundle_root",
+        str(BUNDLE),
+        "--config_file",
+        files[0] if len(files) == 1 else json.dumps(files),
+    ]
     for key, value in overrides.items():
         cmd += [f"--{key}", cli_value(value)]
     return cmd
@@ -106,8 +114,8 @@ def run_demo(
         amp: the bundle's ``amp``: ``"auto"`` (bf16 autocast on CPUs with AMX / AVX512-BF16, the fastest setting
             that passed the quality check: benchmarks/README.md), ``false`` to force fp32, ``true``.
     """
-    from custom.precision import resolve_amp
-    from custom.data.la import prepare_la, synth_la
+    from .data.la import prepare_la, synth_la
+    from .precision import resolve_amp
 
     t0 = time.time()
     work = Path(workdir).resolve()
@@ -142,19 +150,41 @@ def run_demo(
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"  # the bundle's own choice of device
     precision = "bf16 autocast" if resolve_amp(amp, device) else "fp32"
-    print(f"[2/4] train: {iterations} iterations, 2 labeled + 2 unlabeled per batch, FeCL {fecl_variant}, "
-          f"{precision} on {device} (amp={amp}; --amp false forces fp32)", flush=True)
-    _bundle_run(["train.yaml"], {**common, "max_iterations": iterations, "val_interval": val_interval,
-                                  "labeled_batch_size": 2, "unlabeled_batch_size": 2, "fecl_variant": fecl_variant,
-                                  "amp": amp}, log)
+    print(
+        f"[2/4] train: {iterations} iterations, 2 labeled + 2 unlabeled per batch, FeCL {fecl_variant}, "
+        f"{precision} on {device} (amp={amp}; --amp false forces fp32)",
+        flush=True,
+    )
+    _bundle_run(
+        ["train.yaml"],
+        {
+            **common,
+            "max_iterations": iterations,
+            "val_interval": val_interval,
+            "labeled_batch_size": 2,
+            "unlabeled_batch_size": 2,
+            "fecl_variant": fecl_variant,
+            "amp": amp,
+        },
+        log,
+    )
     print("[3/4] evaluate on the test cases", flush=True)
     _bundle_run(["train.yaml", "evaluate.yaml"], common, log)
     print("[4/4] inference on the test images", flush=True)
     test_images = [e["image"] for e in json.loads((data / "datalist.json").read_text())["test"]]
-    _bundle_run(["inference.yaml"], {"input_path": str(data / "datalist.json"), "output_dir": str(work / "masks"),
-                                     "ckpt_path": str(work / "models" / "model.pt"), "patch_size": list(patch),
-                                     "network_def#features": list(features), "num_workers": 0,
-                                     "sw_overlap": 0.25}, log)
+    _bundle_run(
+        ["inference.yaml"],
+        {
+            "input_path": str(data / "datalist.json"),
+            "output_dir": str(work / "masks"),
+            "ckpt_path": str(work / "models" / "model.pt"),
+            "patch_size": list(patch),
+            "network_def#features": list(features),
+            "num_workers": 0,
+            "sw_overlap": 0.25,
+        },
+        log,
+    )
 
     summary = json.loads((work / "eval" / "metrics_summary.json").read_text())
     print(f"\nDone in {time.time() - t0:.0f} s. Test-set metrics ({len(test_images)} cases):")
@@ -165,8 +195,10 @@ def run_demo(
     print(f"\n  model         {work / 'models' / 'model.pt'}")
     print(f"  metrics       {work / 'eval' / 'metrics_per_case.csv'}, metrics_summary.json")
     print(f"  masks         {work / 'masks'}")
-    print(f"  pictures      {work / 'eval' / 'pictures'} (validation overlays, per-case test panels), "
-          f"{work / 'eval' / 'training_curve.png'}")
+    print(
+        f"  pictures      {work / 'eval' / 'pictures'} (validation overlays, per-case test panels), "
+        f"{work / 'eval' / 'training_curve.png'}"
+    )
     print(f"  tensorboard   tensorboard --logdir {work / 'eval'}")
     print(f"  full log      {log}")
     return work

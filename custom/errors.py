@@ -18,7 +18,7 @@ __all__ = ["install_excepthook", "user_error"]
 
 def user_error(exc: BaseException | None) -> BaseException | None:
     """The first user error (DatasetError, FileNotFoundError) in the cause / context chain of ``exc``."""
-    from custom.data.datalist import DatasetError
+    from .data.datalist import DatasetError
 
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from custom.flags import as_bool
+from .flags import as_bool
 
 __all__ = ["AMP_DTYPES", "native_bf16", "resolve_amp", "resolve_amp_dtype", "resolve_channels_last"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from custom.flags import as_bool
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
@@ -25,6 +24,8 @@ from monai.transforms import (
     RandSpatialCropd,
     SpatialPadd,
 )
+
+from .flags import as_bool
 
 __all__ = ["load_transforms", "augmentation", "training_transforms", "evaluation_transforms", "inference_transforms"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from custom.data.datalist import DatasetError
+from .datalist import DatasetError
 
 __all__ = ["DatasetError", "check_dataset", "inference_inputs", "load_split", "stream_loader"]
 
@@ -16,11 +16,11 @@ _LAZY = {"inference_inputs", "load_split", "stream_loader"}
 
 def __getattr__(name: str) -> Any:
     if name == "check_dataset":
-        from custom.data import validation
+        from . import validation
 
         return validation.check_dataset
     if name in _LAZY:
-        from custom.data import loaders
+        from . import loaders
 
         return getattr(loaders, name)
     raise AttributeError(f"module 'custom.data' has no attribute {name!r}")

@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from custom.data.datalist import (
+from .datalist import (
     DATALIST_NAME,
     DatasetError,
     Split,
@@ -74,7 +74,7 @@ from custom.data.datalist import (
     split_training,
     write_datalist,
 )
-from custom.data.nifti import write_nifti
+from .nifti import write_nifti
 
 __all__ = [
     "CHANNELS_ALL",
@@ -170,7 +170,7 @@ def official_splits(splits: str | os.PathLike[str] | None = None) -> tuple[dict[
 def _child(folder: Path, name: str, want_dir: bool) -> Path | None:
     """``folder/name`` matched case-insensitively (exact spelling preferred)."""
     exact = folder / name
-    if (exact.is_dir() if want_dir else exact.is_file()):
+    if exact.is_dir() if want_dir else exact.is_file():
         return exact
     low = name.lower()
     try:
@@ -323,8 +323,9 @@ def brain_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(int(a.min()) for a in nz), tuple(int(a.max()) + 1 for a in nz)
 
 
-def normalize_channel(image: np.ndarray, brain: np.ndarray, percentile: float = CLIP_PERCENTILE
-                      ) -> tuple[np.ndarray, dict[str, float]]:
+def normalize_channel(
+    image: np.ndarray, brain: np.ndarray, percentile: float = CLIP_PERCENTILE
+) -> tuple[np.ndarray, dict[str, float]]:
     """Clip at the ``percentile`` of the brain voxels (upper bound), z-score over the brain voxels, 0 outside.
 
     Computed in float64, returned as float32 with ``{"clip", "mean", "std"}`` (mean/std after clipping).
@@ -345,7 +346,10 @@ def normalize_channel(image: np.ndarray, brain: np.ndarray, percentile: float = 
 
 
 def preprocess_case(
-    images: Mapping[str, np.ndarray], seg: np.ndarray, affine: np.ndarray, channels: Sequence[str],
+    images: Mapping[str, np.ndarray],
+    seg: np.ndarray,
+    affine: np.ndarray,
+    channels: Sequence[str],
     seg_path: Path | str = "segmentation",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Brain bounding-box crop, clip + z-score per channel, whole-tumour label (see the module docstring).
@@ -384,10 +388,15 @@ def preprocess_case(
     shift = np.eye(4)
     shift[:3, 3] = start
     new_affine = np.asarray(affine, dtype=np.float64) @ shift
-    info = {"source_shape": [int(s) for s in seg.shape], "crop_start": list(start), "crop_stop": list(stop),
-            "brain_voxels": int(np.count_nonzero(brain)), "tumour_voxels": total, **stats}
+    info = {
+        "source_shape": [int(s) for s in seg.shape],
+        "crop_start": list(start),
+        "crop_stop": list(stop),
+        "brain_voxels": int(np.count_nonzero(brain)),
+        "tumour_voxels": total,
+        **stats,
+    }
     return image, label, new_affine, info
-
 
 
 # -------------------------------------------------------------------------------------------------- prepare
@@ -448,13 +457,19 @@ def prepare_brats19(
     found, missing, unlisted = present_in_lists(lists, present)
     train_ids, val_ids, test_ids = (found[k] for k in ("training", "validation", "test"))
 
-    split = split_training(train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=0,
-                           default_labeled=DEFAULT_LABELED)
+    split = split_training(
+        train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=0, default_labeled=DEFAULT_LABELED
+    )
     split = Split(labeled=split.labeled, unlabeled=split.unlabeled, validation=val_ids)
 
     arguments = {
-        "src": str(src_p), "labeled": labeled, "fraction": fraction, "random": random, "seed": seed,
-        "modalities": mode, "splits": None if splits is None else splits_origin,
+        "src": str(src_p),
+        "labeled": labeled,
+        "fraction": fraction,
+        "random": random,
+        "seed": seed,
+        "modalities": mode,
+        "splits": None if splits is None else splits_origin,
     }
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
@@ -463,8 +478,10 @@ def prepare_brats19(
     for key, ids in missing.items():
         if ids:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
-            _info(f"{len(ids)} of {len(lists[key])} {SPLIT_FILES[key]} ids are not in {release.case_root} and "
-                  f"were skipped: {shown}")
+            _info(
+                f"{len(ids)} of {len(lists[key])} {SPLIT_FILES[key]} ids are not in {release.case_root} and "
+                f"were skipped: {shown}"
+            )
     if unlisted:
         shown = ", ".join(unlisted[:10]) + (", ..." if len(unlisted) > 10 else "")
         _info(f"{len(unlisted)} case(s) in {release.case_root} are in no split list and were ignored: {shown}")
@@ -482,17 +499,21 @@ def prepare_brats19(
         "channels": channels,
         "in_channels": len(channels),
         "channel_axis": None if len(channels) == 1 else "last: images are (X, Y, Z, C)",
-        "source": {"path": str(src_p), "case_root": str(release.case_root),
-                   "grades": {g: sum(1 for i in cases if present[i][0] == g) for g in GRADES}},
-        "splits": {"origin": splits_origin,
-                   "files": {SPLIT_FILES[k]: {"ids": len(v), "sha256": _digest(v)} for k, v in lists.items()},
-                   "rule": "train.txt -> training (labeled) + unlabeled; val.txt -> validation (checkpoint "
-                           "selection only); test.txt -> test (final evaluation only)"},
+        "source": {
+            "path": str(src_p),
+            "case_root": str(release.case_root),
+            "grades": {g: sum(1 for i in cases if present[i][0] == g) for g in GRADES},
+        },
+        "splits": {
+            "origin": splits_origin,
+            "files": {SPLIT_FILES[k]: {"ids": len(v), "sha256": _digest(v)} for k, v in lists.items()},
+            "rule": "train.txt -> training (labeled) + unlabeled; val.txt -> validation (checkpoint "
+            "selection only); test.txt -> test (final evaluation only)",
+        },
         "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N present ids of train.txt")
-                        + (f"; default N = {DEFAULT_LABELED} (10% of 250)" if labeled is None and fraction is None
-                           else ""),
+        + (f"; default N = {DEFAULT_LABELED} (10% of 250)" if labeled is None and fraction is None else ""),
         "brain_mask": "voxels where any of the four modalities (t1, t1ce, t2, flair) is non-zero, in both modes "
-                      "(the same crop for flair and all)",
+        "(the same crop for flair and all)",
         "preprocessing": (
             "crop to the brain-mask bounding box (images only, the label is not used); per channel clip at the "
             f"{CLIP_PERCENTILE}th percentile of the brain voxels (upper bound), z-score with the mean/std of the "
@@ -501,7 +522,7 @@ def prepare_brats19(
         "outside_brain": "0 after normalisation (= the brain mean); SSL4MIS fills it with N(0, 1) noise instead",
         "crop_uses_label": "no: the crop is the brain bounding box from the images",
         "axes": "array axes as stored in the raw NIfTI (nibabel index order), never transposed or reoriented; "
-                "affine = raw affine @ translation(crop_start), so every voxel keeps its world position",
+        "affine = raw affine @ translation(crop_start), so every voxel keeps its world position",
         "cases": {},
         "missing": missing,
         "unlisted": unlisted,
@@ -526,8 +547,10 @@ def prepare_brats19(
                 _info(f"{k}/{len(cases)} cases")
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
-    _info(f"wrote {dst_p} ({mode}): {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} "
-          f"validation, {c['test']} test")
+    _info(
+        f"wrote {dst_p} ({mode}): {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} "
+        f"validation, {c['test']} test"
+    )
     return dst_p / DATALIST_NAME
 
 
@@ -595,8 +618,9 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], sigma: 
     return (f - f.mean()) / (f.std() + 1e-12)
 
 
-def _synth_case(rng: np.random.Generator, shape: tuple[int, int, int], grade: str
-                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _synth_case(
+    rng: np.random.Generator, shape: tuple[int, int, int], grade: str
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Four int16 modalities and the int16 segmentation {0, 1, 2, 4} of one fake case, arrays (x, y, z)."""
     from scipy.ndimage import binary_erosion, gaussian_filter
 
@@ -703,8 +727,11 @@ def synth_brats19(
     :func:`likely_grade`, or a mapping id -> "HGG"/"LGG") replaces them, and then ``n_hgg``/``n_lgg`` are ignored.
     Deterministic for a seed: each case is drawn from ``default_rng([seed, crc32(id)])``. Returns ``dst``.
     """
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in shape)):
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 16 for s in shape)
+    ):
         raise DatasetError(f"shape must be three integers >= 16, got {shape!r}")
     shp = (int(shape[0]), int(shape[1]), int(shape[2]))
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -188,8 +188,9 @@ def split_training(
 ) -> Split:
     """Carve validation cases, then select labeled cases from what remains; the rest is unlabeled."""
     remaining, validation = carve_validation(ids, val=val, random=random, seed=seed)
-    lab = select_labeled(remaining, labeled=labeled, fraction=fraction, random=random, seed=seed,
-                         default=default_labeled)
+    lab = select_labeled(
+        remaining, labeled=labeled, fraction=fraction, random=random, seed=seed, default=default_labeled
+    )
     lab_set = set(lab)
     return Split(labeled=lab, unlabeled=[i for i in remaining if i not in lab_set], validation=validation)
 
@@ -264,8 +265,11 @@ def assert_disjoint(datalist: Mapping[str, Any]) -> None:
                 names.add(f"image:{os.path.normpath(str(entry['image']))}")
             for name in names:
                 if name in owner:
-                    problems.append(f"{name!r} in both {owner[name]!r} and {key!r}" if owner[name] != key
-                                    else f"{name!r} twice in {key!r}")
+                    problems.append(
+                        f"{name!r} in both {owner[name]!r} and {key!r}"
+                        if owner[name] != key
+                        else f"{name!r} twice in {key!r}"
+                    )
                 else:
                     owner[name] = key
     if problems:

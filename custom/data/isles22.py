@@ -67,7 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from custom.data.datalist import (
+from .datalist import (
     DATALIST_NAME,
     DatasetError,
     Split,
@@ -79,7 +79,7 @@ from custom.data.datalist import (
     select_labeled,
     write_datalist,
 )
-from custom.data.nifti import write_nifti
+from .nifti import write_nifti
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -442,7 +442,7 @@ def load_case(files: CaseFiles, channels: Sequence[str] = ("dwi",)) -> dict[str,
 
     import nibabel as nib
 
-    from custom.metrics.lesion import count_lesions
+    from ..metrics.lesion import count_lesions
 
     zooms = [float(z) for z in header.get_zooms()[:3]]
     voxel_ml = float(np.prod(zooms)) / 1000.0
@@ -477,7 +477,6 @@ def _flair_status(files: CaseFiles, shape: tuple[int, ...], affine: np.ndarray) 
 
 
 # -------------------------------------------------------------------------------------------------- writing
-
 
 
 def _shown(ids: Sequence[str], n: int = 5) -> str:
@@ -552,14 +551,21 @@ def prepare_isles22(
     val_ids = [i for i in fold_data["val"] if i in present]
     test_ids = [i for i in fold_data["test"] if i in present]
 
-    lab = select_labeled(train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed,
-                         default=DEFAULT_LABELED)
+    lab = select_labeled(
+        train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, default=DEFAULT_LABELED
+    )
     lab_set = set(lab)
     split = Split(labeled=lab, unlabeled=[i for i in train_ids if i not in lab_set], validation=val_ids)
 
     arguments = {
-        "src": str(src_p), "fold": fold, "labeled": labeled, "fraction": fraction, "random": random, "seed": seed,
-        "channels": "+".join(chans), "splits": None if splits is None else str(fold_path),
+        "src": str(src_p),
+        "fold": fold,
+        "labeled": labeled,
+        "fraction": fraction,
+        "random": random,
+        "seed": seed,
+        "channels": "+".join(chans),
+        "splits": None if splits is None else str(fold_path),
     }
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
@@ -567,15 +573,20 @@ def prepare_isles22(
 
     for key, split_key in (("training", "train"), ("validation", "val"), ("test", "test")):
         if missing[key]:
-            _info(f"{len(missing[key])} of {len(fold_data[split_key])} fold-{fold} '{split_key}' ids are not usable "
-                  f"in {release.root} and were skipped ({_by_reason(missing[key], reasons)})")
+            _info(
+                f"{len(missing[key])} of {len(fold_data[split_key])} fold-{fold} '{split_key}' ids are not usable "
+                f"in {release.root} and were skipped ({_by_reason(missing[key], reasons)})"
+            )
     if unlisted:
-        _info(f"{len(unlisted)} case(s) in {release.case_root} are in no list of fold {fold} and were ignored: "
-              f"{_shown(unlisted)}")
+        _info(
+            f"{len(unlisted)} case(s) in {release.case_root} are in no list of fold {fold} and were ignored: "
+            f"{_shown(unlisted)}"
+        )
     for key, ids in (("validation", val_ids), ("test", test_ids)):
         if not ids:
-            warnings.warn(f"no {key} case of fold {fold} is present in {src_p}: datalist '{key}' is empty",
-                          stacklevel=2)
+            warnings.warn(
+                f"no {key} case of fold {fold} is present in {src_p}: datalist '{key}' is empty", stacklevel=2
+            )
 
     layouts = sorted({present[i].layout for i in present})
     metadata: dict[str, Any] = {
@@ -583,25 +594,35 @@ def prepare_isles22(
         "fold": fold,
         "channels": list(chans),
         "in_channels": len(chans),
-        "channel_layout": ("3-D image, one channel" if len(chans) == 1 else
-                           f"4-D image (X, Y, Z, {len(chans)}), last axis = channels in the order {list(chans)}"),
+        "channel_layout": (
+            "3-D image, one channel"
+            if len(chans) == 1
+            else f"4-D image (X, Y, Z, {len(chans)}), last axis = channels in the order {list(chans)}"
+        ),
         "flair": FLAIR_NOTE,
-        "brain_mask": (f"DWI > 0 when >= {ZERO_BACKGROUND_SHARE:.0%} of the DWI voxels are exactly 0 (masked "
-                       "background), else DWI > Otsu threshold (256-bin histogram up to the 99.9th percentile); "
-                       "the same DWI brain mask is used for every channel"),
+        "brain_mask": (
+            f"DWI > 0 when >= {ZERO_BACKGROUND_SHARE:.0%} of the DWI voxels are exactly 0 (masked "
+            "background), else DWI > Otsu threshold (256-bin histogram up to the 99.9th percentile); "
+            "the same DWI brain mask is used for every channel"
+        ),
         "normalisation": "per channel z-score with mean/std over the brain voxels (float64), 0 outside the brain, "
-                         "float32; no clipping, cropping or resampling",
+        "float32; no clipping, cropping or resampling",
         "geometry": "original DWI affine kept (oblique, typically LAS, anisotropic); reorientation/resampling are "
-                    "left to the bundle (Orientationd/Spacingd, inverted with Invertd)",
+        "left to the bundle (Orientationd/Spacingd, inverted with Invertd)",
         "label": "derivatives mask (uint16 0/1) -> uint8 {0, 1}, on the DWI grid",
         "lesions": "lesion_count = connected components with 26-connectivity (as the ISLES'22 evaluation), "
-                   "lesion_volume_ml = voxels x voxel volume; 'split_file' = the fold file's own figures",
-        "source": {"path": str(src_p), "release_root": str(release.root), "case_root": str(release.case_root),
-                   "derivatives": str(release.derivatives), "layouts": layouts,
-                   "split_file": str(fold_path), "split_file_is_default": splits is None},
+        "lesion_volume_ml = voxels x voxel volume; 'split_file' = the fold file's own figures",
+        "source": {
+            "path": str(src_p),
+            "release_root": str(release.root),
+            "case_root": str(release.case_root),
+            "derivatives": str(release.derivatives),
+            "layouts": layouts,
+            "split_file": str(fold_path),
+            "split_file_is_default": splits is None,
+        },
         "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the fold's train list")
-                        + (f"; default N = {DEFAULT_LABELED} (10% of 200)" if labeled is None and fraction is None
-                           else ""),
+        + (f"; default N = {DEFAULT_LABELED} (10% of 200)" if labeled is None and fraction is None else ""),
         "missing": missing,
         "missing_reasons": {i: reasons[i] for i in sorted(reasons)},
         "unlisted": unlisted,
@@ -611,18 +632,20 @@ def prepare_isles22(
     label_rel = lambda i: f"labels/{i}.nii.gz"  # noqa: E731
     datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata)
 
-    roles = {**{i: "training" for i in split.labeled}, **{i: "unlabeled" for i in split.unlabeled},
-             **{i: "validation" for i in val_ids}, **{i: "test" for i in test_ids}}
+    roles = {
+        **dict.fromkeys(split.labeled, "training"),
+        **dict.fromkeys(split.unlabeled, "unlabeled"),
+        **dict.fromkeys(val_ids, "validation"),
+        **dict.fromkeys(test_ids, "test"),
+    }
     cases_meta: dict[str, Any] = {}
     with atomic_dataset(dst_p) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         for case_id, role in roles.items():
             case = load_case(present[case_id], chans)
-            write_nifti(case["image"], tmp / image_rel(case_id), case["affine"], np.float32,
-                        *_codes(case["header"]))
-            write_nifti(case["label"], tmp / label_rel(case_id), case["affine"], np.uint8,
-                        *_codes(case["header"]))
+            write_nifti(case["image"], tmp / image_rel(case_id), case["affine"], np.float32, *_codes(case["header"]))
+            write_nifti(case["label"], tmp / label_rel(case_id), case["affine"], np.uint8, *_codes(case["header"]))
             info = {"split": role, **case["info"]}
             if case_id in fold_data["metrics"]:
                 info["split_file"] = fold_data["metrics"][case_id]
@@ -630,8 +653,10 @@ def prepare_isles22(
         datalist["dycon"]["cases"] = cases_meta
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
-    _info(f"wrote {dst_p} (fold {fold}, channels {'+'.join(chans)}): {c['training']} labeled, {c['unlabeled']} "
-          f"unlabeled, {c['validation']} validation, {c['test']} test")
+    _info(
+        f"wrote {dst_p} (fold {fold}, channels {'+'.join(chans)}): {c['training']} labeled, {c['unlabeled']} "
+        f"unlabeled, {c['validation']} validation, {c['test']} test"
+    )
     return dst_p / DATALIST_NAME
 
 
@@ -664,7 +689,11 @@ def _ellipsoid(grid: tuple[np.ndarray, ...], center: Sequence[float], radii: Seq
 
 
 def _place_lesions(
-    rng: np.random.Generator, grid: tuple[np.ndarray, ...], brain: np.ndarray, csf: np.ndarray, shape: Sequence[int],
+    rng: np.random.Generator,
+    grid: tuple[np.ndarray, ...],
+    brain: np.ndarray,
+    csf: np.ndarray,
+    shape: Sequence[int],
     n: int,
 ) -> list[np.ndarray]:
     """``n`` separate (26-connectivity) small ellipsoidal lesions inside the brain; even ones < 50 voxels."""
@@ -694,14 +723,18 @@ def _synth_case(rng: np.random.Generator, shape: tuple[int, int, int], n_lesions
     """One fake case on the DWI grid: (dwi float64, adc float64, mask uint16 0/1, brain bool)."""
     from scipy.ndimage import gaussian_filter
 
-    grid = tuple(np.arange(s, dtype=float)[tuple(slice(None) if a == k else None for a in range(3))]
-                 for k, s in enumerate(shape))
+    grid = tuple(
+        np.arange(s, dtype=float)[tuple(slice(None) if a == k else None for a in range(3))] for k, s in enumerate(shape)
+    )
     cen = (np.asarray(shape, dtype=float) - 1) / 2 + rng.uniform(-1, 1, size=3)
     brain = _ellipsoid(grid, cen, (0.42 * shape[0], 0.45 * shape[1], max(0.46 * shape[2], 2.0)))
     csf = np.zeros(shape, bool)
     for side in (-1, 1):  # two ventricle-like CSF pockets
-        csf |= _ellipsoid(grid, cen + np.array([side * 0.08 * shape[0], 0.02 * shape[1], 0]),
-                          (0.05 * shape[0] + 0.5, 0.14 * shape[1] + 0.5, max(0.2 * shape[2], 1.0)))
+        csf |= _ellipsoid(
+            grid,
+            cen + np.array([side * 0.08 * shape[0], 0.02 * shape[1], 0]),
+            (0.05 * shape[0] + 0.5, 0.14 * shape[1] + 0.5, max(0.2 * shape[2], 1.0)),
+        )
     lesions = _place_lesions(rng, grid, brain, csf, shape, n_lesions)
     mask = np.zeros(shape, bool)
     for les in lesions:
@@ -757,8 +790,13 @@ def synth_isles22(
     if layout not in ("nested", "flat"):
         raise DatasetError(f"layout must be 'nested' or 'flat', got {layout!r}")
     shp = tuple(shape)
-    if not (len(shp) == 3 and all(isinstance(s, int) and not isinstance(s, bool) for s in shp)
-            and shp[0] >= 24 and shp[1] >= 24 and shp[2] >= 8):
+    if not (
+        len(shp) == 3
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in shp)
+        and shp[0] >= 24
+        and shp[1] >= 24
+        and shp[2] >= 8
+    ):
         raise DatasetError(f"shape must be three integers, at least (24, 24, 8), got {shape!r}")
     if ids is None:
         for name, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):

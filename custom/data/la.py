@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from custom.data.datalist import (
+from .datalist import (
     DATALIST_NAME,
     DatasetError,
     atomic_dataset,
@@ -48,7 +48,7 @@ from custom.data.datalist import (
     split_training,
     write_datalist,
 )
-from custom.data.nifti import new_synthetic_folder, write_nifti
+from .nifti import new_synthetic_folder, write_nifti
 
 __all__ = [
     "CHALLENGE_SPACING",
@@ -332,7 +332,6 @@ def _spacing3(spacing: Any) -> tuple[float, float, float]:
     return sp  # type: ignore[return-value]
 
 
-
 def prepare_la(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -381,12 +380,25 @@ def prepare_la(
     train_ids, test_ids = found["training"], found["test"]
     missing_train, missing_test = missing["training"], missing["test"]
 
-    split = split_training(train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=val,
-                           default_labeled=DEFAULT_LABELED)
+    split = split_training(
+        train_ids,
+        labeled=labeled,
+        fraction=fraction,
+        random=random,
+        seed=seed,
+        val=val,
+        default_labeled=DEFAULT_LABELED,
+    )
 
     arguments = {
-        "src": str(src_p), "labeled": labeled, "fraction": fraction, "random": random, "seed": seed, "val": val,
-        "spacing": list(sp), "layout": layout,
+        "src": str(src_p),
+        "labeled": labeled,
+        "fraction": fraction,
+        "random": random,
+        "seed": seed,
+        "val": val,
+        "spacing": list(sp),
+        "layout": layout,
     }
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
@@ -414,9 +426,14 @@ def prepare_la(
         )
     metadata: dict[str, Any] = {
         "dataset": "LA",
-        "source": {"layout": source.layout, "path": str(src_p), "case_root": str(source.case_root),
-                   "train_list": str(source.train_list) if source.train_list else None,
-                   "test_list": str(source.test_list) if source.test_list else None, "split_rule": rule},
+        "source": {
+            "layout": source.layout,
+            "path": str(src_p),
+            "case_root": str(source.case_root),
+            "train_list": str(source.train_list) if source.train_list else None,
+            "test_list": str(source.test_list) if source.test_list else None,
+            "split_rule": rule,
+        },
         "spacing": list(sp),
         "spacing_note": (
             f"{CHALLENGE_SPACING} mm isotropic is the challenge's value; the h5 files store no spacing and the raw "
@@ -426,12 +443,12 @@ def prepare_la(
         "axes": "array axes (x, y, z) as in the h5 / nrrd index order; affine diag(spacing, 1)",
         "preprocessing": preprocessing,
         "crop_uses_label": "yes: the x/y crop is placed around the ground truth, test cases included (known "
-                           "weakness of the literature's convention)",
+        "weakness of the literature's convention)",
         "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the training list")
-                        + (f"; default N = {DEFAULT_LABELED} (10% of 80)" if labeled is None and fraction is None
-                           else ""),
-        "validation_rule": "" if not val else (f"seeded random draw (seed {seed})" if random
-                                               else "last N of the training list"),
+        + (f"; default N = {DEFAULT_LABELED} (10% of 80)" if labeled is None and fraction is None else ""),
+        "validation_rule": (
+            "" if not val else (f"seeded random draw (seed {seed})" if random else "last N of the training list")
+        ),
         "missing": {"training": missing_train, "test": missing_test},
         "unlisted": unlisted,
         "arguments": arguments,
@@ -454,8 +471,10 @@ def prepare_la(
             write_nifti(label, tmp / label_rel(case_id), np.diag([*sp, 1.0]), np.uint8)
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
-    _info(f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
-          f"{c['test']} test")
+    _info(
+        f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
+        f"{c['test']} test"
+    )
     return dst_p / DATALIST_NAME
 
 
@@ -525,8 +544,7 @@ def _nrrd_header(shape: tuple[int, int, int]) -> dict[str, Any]:
 
 
 def _shape3(shape: Any) -> tuple[int, int, int]:
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(s, int) and s >= 8
-                                                                         for s in shape)):
+    if not (isinstance(shape, (list, tuple)) and len(shape) == 3 and all(isinstance(s, int) and s >= 8 for s in shape)):
         raise DatasetError(f"shape must be three integers >= 8, got {shape!r}")
     return tuple(shape)  # type: ignore[return-value]
 
@@ -536,11 +554,7 @@ def _write_list(path: Path, ids: Sequence[str]) -> None:
 
 
 def synth_la(
-    dst: str | os.PathLike[str],
-    n_train: int = 8,
-    n_test: int = 4,
-    shape: Sequence[int] = (64, 64, 40),
-    seed: int = 0,
+    dst: str | os.PathLike[str], n_train: int = 8, n_test: int = 4, shape: Sequence[int] = (64, 64, 40), seed: int = 0
 ) -> Path:
     """Write a fake RAW challenge release: ``dst/<id>/lgemri.nrrd`` (uint8), ``dst/<id>/laendo.nrrd`` (uint8
     {0, 255}), ``dst/train.list`` (first ``n_train`` ids) and ``dst/test.list``. Ids are 20-character upper-case

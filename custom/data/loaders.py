@@ -1,8 +1,8 @@
 """What the bundle configs call to read a prepared dataset and build the training streams.
 
-    train#dataset#data:    $custom.data.load_split(@datalist, 'training')
-    train#dataloader:      $custom.data.stream_loader(@train#dataset, @labeled_batch_size, @seed, @num_workers)
-    inference inputs:      $custom.data.inference_inputs(@input_path)
+train#dataset#data:    $custom.data.load_split(@datalist, 'training')
+train#dataloader:      $custom.data.stream_loader(@train#dataset, @labeled_batch_size, @seed, @num_workers)
+inference inputs:      $custom.data.inference_inputs(@input_path)
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import torch.distributed as dist
 from monai.data import DataLoader
 
-from custom.data.datalist import DatasetError
-from custom.samplers import InfiniteSeededSampler, SeededDataset
+from ..samplers import InfiniteSeededSampler, SeededDataset
+from .datalist import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def load_split(
         if labeled and "label" not in item:
             raise DatasetError(f"{path}: entry {i} of '{key}' ({item['image']}) has no 'label'")
         if not labeled and item.pop("label", None) is not None:
-            logger.warning("%s: dropped the 'label' of unlabeled entry %d: unlabeled cases are used without labels", path, i)
+            logger.warning(
+                "%s: dropped the 'label' of unlabeled entry %d: unlabeled cases are used without labels", path, i
+            )
         for k in _PATH_KEYS:
             if k in item:
                 p = Path(item[k])
@@ -114,7 +116,9 @@ def stream_loader(
     rank = r if rank is None else rank
     world_size = w if world_size is None else world_size
     salt = {"training": 0, "unlabeled": 1}.get(what, 2)
-    sampler = InfiniteSeededSampler(len(dataset), seed=seed * 4 + salt, shuffle=shuffle, rank=rank, world_size=world_size)
+    sampler = InfiniteSeededSampler(
+        len(dataset), seed=seed * 4 + salt, shuffle=shuffle, rank=rank, world_size=world_size
+    )
     return DataLoader(
         SeededDataset(dataset),
         batch_size=batch_size,

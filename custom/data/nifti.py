@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from custom.data.datalist import DatasetError
+from .datalist import DatasetError
 
 __all__ = ["write_nifti", "new_synthetic_folder"]
 

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from custom.data.datalist import (
+from .datalist import (
     DATALIST_NAME,
     DatasetError,
     atomic_dataset,
@@ -71,7 +71,7 @@ from custom.data.datalist import (
     split_training,
     write_datalist,
 )
-from custom.data.nifti import new_synthetic_folder, write_nifti
+from .nifti import new_synthetic_folder, write_nifti
 
 __all__ = [
     "CROP_MARGIN",
@@ -128,8 +128,10 @@ _ID_RES = (
     re.compile(r"^pancreas_(\d{4})(\.h5)?$", re.IGNORECASE),
     re.compile(r"^image(\d{4})_norm(\.h5)?$", re.IGNORECASE),
 )
-_MCNET_REF = ("the circulating Pancreas h5 preprocessing script of the MC-Net+ lineage (writes "
-              "Pancreas_h5/imageXXXX_norm.h5; functions ImageResample, set_window_wl_ww, crop_roi)")
+_MCNET_REF = (
+    "the circulating Pancreas h5 preprocessing script of the MC-Net+ lineage (writes "
+    "Pancreas_h5/imageXXXX_norm.h5; functions ImageResample, set_window_wl_ww, crop_roi)"
+)
 _DUPLICATES_NOTE = (
     "PANCREAS_0025 and PANCREAS_0070 duplicate other patients' scans in the TCIA release (82 series, 80 unique "
     "patients); they remain in the official lists (0025 in train.list, 0070 in test.list) as in the literature, "
@@ -213,8 +215,9 @@ def check_same_grid(
             f"label has {tuple(label_shape)} (RAS axis order); a slice missing at an end of the series, or a "
             "label of another scan, gives this"
         )
-    dist = float(np.max(np.linalg.norm(_corners(image_shape, image_affine) - _corners(label_shape, label_affine),
-                                       axis=1)))
+    dist = float(
+        np.max(np.linalg.norm(_corners(image_shape, image_affine) - _corners(label_shape, label_affine), axis=1))
+    )
     if not dist <= tolerance:
         raise DatasetError(
             f"{case_id}: image and label grids differ by up to {dist:.3g} mm (tolerance {tolerance} mm): DICOM "
@@ -243,8 +246,15 @@ def resample_isotropic(
     if order == 0:
         out = ndimage.affine_transform(array, step, output_shape=shape, order=0, mode="nearest", output=array.dtype)
     else:
-        out = ndimage.affine_transform(np.asarray(array, dtype=np.float32), step, output_shape=shape, order=order,
-                                       mode="nearest", prefilter=order > 1, output=np.float32)
+        out = ndimage.affine_transform(
+            np.asarray(array, dtype=np.float32),
+            step,
+            output_shape=shape,
+            order=order,
+            mode="nearest",
+            prefilter=order > 1,
+            output=np.float32,
+        )
     new = np.array(affine, dtype=np.float64, copy=True)
     new[:3, :3] = new[:3, :3] / zooms * spacing
     return out, new
@@ -321,8 +331,13 @@ def preprocess_case(
     if not math.isfinite(std) or std == 0.0:
         raise DatasetError(f"{case_id}: windowed image is constant inside the crop, cannot z-score it")
     img = ((img - np.mean(img, dtype=np.float64)) / std).astype(np.float32)
-    info = {"source_shape": source_shape, "source_spacing": source_spacing, "resampled_shape": resampled_shape,
-            "crop": [[x0, x1], [y0, y1]], "shape": list(img.shape)}
+    info = {
+        "source_shape": source_shape,
+        "source_spacing": source_spacing,
+        "resampled_shape": resampled_shape,
+        "crop": [[x0, x1], [y0, y1]],
+        "shape": list(img.shape),
+    }
     return img, np.ascontiguousarray(lab, dtype=np.uint8), _translate(aff, (x0, y0, 0)), info
 
 
@@ -374,8 +389,9 @@ def check_series_headers(files: Sequence[Path], case_id: str) -> _SeriesGeometry
             ds = pydicom.dcmread(str(f), force=True)
             px = ds.get("PixelData")
         except Exception as err:  # pydicom raises many kinds of errors on truncated / corrupt files
-            raise DatasetError(f"{case_id}: DICOM file {f} is truncated or corrupt, cannot read it "
-                               f"({type(err).__name__}: {err})") from err
+            raise DatasetError(
+                f"{case_id}: DICOM file {f} is truncated or corrupt, cannot read it ({type(err).__name__}: {err})"
+            ) from err
         if px is None:
             raise DatasetError(f"{case_id}: DICOM file {f} has no pixel data (corrupt or not an image slice)")
         try:
@@ -386,8 +402,10 @@ def check_series_headers(files: Sequence[Path], case_id: str) -> _SeriesGeometry
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         needed = rows * cols * spp * bits // 8
         if not (syntax is not None and syntax.is_compressed) and len(px) < needed:
-            raise DatasetError(f"{case_id}: DICOM file {f} is truncated or corrupt (pixel data has {len(px)} of "
-                               f"the {needed} bytes its {rows}x{cols} x {bits}-bit header needs)")
+            raise DatasetError(
+                f"{case_id}: DICOM file {f} is truncated or corrupt (pixel data has {len(px)} of "
+                f"the {needed} bytes its {rows}x{cols} x {bits}-bit header needs)"
+            )
         iop = _floats(ds, "ImageOrientationPatient", 6, f, case_id)
         ipp = _floats(ds, "ImagePositionPatient", 3, f, case_id)
         ps = _floats(ds, "PixelSpacing", 2, f, case_id)
@@ -395,15 +413,20 @@ def check_series_headers(files: Sequence[Path], case_id: str) -> _SeriesGeometry
     f0, iop0, _, ps0, rows0, cols0, _ = entries[0]
     uids = sorted({e[6] for e in entries})
     if len(uids) > 1:
-        raise DatasetError(f"{case_id}: the case folder holds {len(uids)} DICOM series ({', '.join(uids)}); "
-                           "expected one")
+        raise DatasetError(
+            f"{case_id}: the case folder holds {len(uids)} DICOM series ({', '.join(uids)}); expected one"
+        )
     for f, iop, _, ps, rows, cols, _ in entries[1:]:
         if not np.allclose(iop, iop0, atol=1e-4):
-            raise DatasetError(f"{case_id}: {f} has ImageOrientationPatient {iop.tolist()} but {f0} has "
-                               f"{iop0.tolist()}; slices of one volume must share it")
+            raise DatasetError(
+                f"{case_id}: {f} has ImageOrientationPatient {iop.tolist()} but {f0} has "
+                f"{iop0.tolist()}; slices of one volume must share it"
+            )
         if (rows, cols) != (rows0, cols0) or not np.allclose(ps, ps0, atol=1e-5):
-            raise DatasetError(f"{case_id}: {f} is {rows}x{cols} at {ps.tolist()} mm but {f0} is {rows0}x{cols0} at "
-                               f"{ps0.tolist()} mm")
+            raise DatasetError(
+                f"{case_id}: {f} is {rows}x{cols} at {ps.tolist()} mm but {f0} is {rows0}x{cols0} at "
+                f"{ps0.tolist()} mm"
+            )
     row, col = iop0[:3], iop0[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
         raise DatasetError(f"{case_id}: ImageOrientationPatient {iop0.tolist()} is not two orthonormal directions")
@@ -415,16 +438,20 @@ def check_series_headers(files: Sequence[Path], case_id: str) -> _SeriesGeometry
     lateral = np.array([np.linalg.norm((e[2] - origin) - ((e[2] - origin) @ normal) * normal) for e in entries])
     if lateral.max(initial=0.0) > 0.01:
         n = int(np.argmax(lateral))
-        raise DatasetError(f"{case_id}: slice {entries[n][0]} is shifted {lateral[n]:.3g} mm off the slice normal "
-                           "(gantry tilt or sheared stack); such series are not supported")
+        raise DatasetError(
+            f"{case_id}: slice {entries[n][0]} is shifted {lateral[n]:.3g} mm off the slice normal "
+            "(gantry tilt or sheared stack); such series are not supported"
+        )
     if len(entries) == 1:
         raise DatasetError(f"{case_id}: the series has a single slice; a 3-D volume is expected")
     diffs = np.diff(pos)
     same = np.nonzero(diffs < 1e-3)[0]
     if same.size:
         a, b = entries[same[0]][0], entries[same[0] + 1][0]
-        raise DatasetError(f"{case_id}: two DICOM files at the same position {entries[same[0]][2].tolist()}: {a} and "
-                           f"{b} (duplicate or corrupt slice)")
+        raise DatasetError(
+            f"{case_id}: two DICOM files at the same position {entries[same[0]][2].tolist()}: {a} and "
+            f"{b} (duplicate or corrupt slice)"
+        )
     step = float(np.median(diffs))
     tol = max(0.01, 0.01 * step)
     bad = np.nonzero(np.abs(diffs - step) > tol)[0]
@@ -448,8 +475,17 @@ def check_series_headers(files: Sequence[Path], case_id: str) -> _SeriesGeometry
             f"{' ...' if len(gaps) > 5 else ''}; refusing to read it (ITK would only warn 'non uniform sampling' "
             "and the volume would no longer match the label)"
         )
-    return _SeriesGeometry(files=[e[0] for e in entries], origin=origin, row=row, col=col, normal=normal, step=step,
-                           pixel_spacing=(float(ps0[1]), float(ps0[0])), rows=rows0, columns=cols0)
+    return _SeriesGeometry(
+        files=[e[0] for e in entries],
+        origin=origin,
+        row=row,
+        col=col,
+        normal=normal,
+        step=step,
+        pixel_spacing=(float(ps0[1]), float(ps0[0])),
+        rows=rows0,
+        columns=cols0,
+    )
 
 
 def itk_to_ras(image: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -479,8 +515,10 @@ def read_dicom_series(case_dir: str | os.PathLike[str], case_id: str) -> tuple[n
     geom = check_series_headers(files, case_id)
     folders = sorted({f.parent for f in files})
     if len(folders) > 1:
-        raise DatasetError(f"{case_id}: DICOM files in {len(folders)} folders ({', '.join(map(str, folders))}); "
-                           "expected one series folder")
+        raise DatasetError(
+            f"{case_id}: DICOM files in {len(folders)} folders ({', '.join(map(str, folders))}); "
+            "expected one series folder"
+        )
     try:
         names = itk.GDCMSeriesFileNames.New()
         names.SetUseSeriesDetails(True)
@@ -490,8 +528,10 @@ def read_dicom_series(case_dir: str | os.PathLike[str], case_id: str) -> tuple[n
             raise DatasetError(f"{case_id}: ITK finds {len(uids)} series in {folders[0]}; expected one")
         ordered = [Path(p) for p in names.GetFileNames(uids[0])]
         if sorted(ordered) != sorted(geom.files):
-            raise DatasetError(f"{case_id}: ITK groups {len(ordered)} of the {len(geom.files)} DICOM files of "
-                               f"{folders[0]} into the series; the others do not belong to it")
+            raise DatasetError(
+                f"{case_id}: ITK groups {len(ordered)} of the {len(geom.files)} DICOM files of "
+                f"{folders[0]} into the series; the others do not belong to it"
+            )
         reader = itk.ImageSeriesReader[itk.Image[itk.F, 3]].New()
         reader.SetImageIO(itk.GDCMImageIO.New())
         reader.SetFileNames([str(p) for p in ordered])
@@ -505,8 +545,9 @@ def read_dicom_series(case_dir: str | os.PathLike[str], case_id: str) -> tuple[n
     arr, affine = itk_to_ras(image)
     # ITK must agree with the headers: origin = first slice along the normal, directions and spacings.
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-    expected = np.column_stack([geom.row * geom.pixel_spacing[0], geom.col * geom.pixel_spacing[1],
-                                geom.normal * geom.step])
+    expected = np.column_stack(
+        [geom.row * geom.pixel_spacing[0], geom.col * geom.pixel_spacing[1], geom.normal * geom.step]
+    )
     if arr.shape != (geom.columns, geom.rows, len(geom.files)) or not (
         np.allclose(lps[:3, :3], expected, atol=1e-3) and np.allclose(lps[:3, 3], geom.origin, atol=1e-3)
     ):
@@ -542,8 +583,9 @@ def read_label(path: str | os.PathLike[str], case_id: str) -> tuple[np.ndarray, 
     values = np.unique(data)
     bad = _outside_01(values)
     if bad:
-        raise DatasetError(f"{case_id}: label {path} has values {bad[:10]} outside {{0, 1}} (binary pancreas mask "
-                           "expected)")
+        raise DatasetError(
+            f"{case_id}: label {path} has values {bad[:10]} outside {{0, 1}} (binary pancreas mask expected)"
+        )
     if not (values == 1).any():
         raise DatasetError(f"{case_id}: label {path} is empty; the crop is placed around the pancreas")
     return data.astype(np.uint8), affine
@@ -570,8 +612,9 @@ def load_h5_case(path: str | os.PathLike[str], case_id: str | None = None) -> tu
     except Exception as err:
         raise DatasetError(f"{who}{path}: cannot read h5 file ({type(err).__name__}: {err})") from err
     if image.ndim != 3 or image.shape != label.shape:
-        raise DatasetError(f"{who}{path}: expected 3-D image and label of one shape, got {image.shape} and "
-                           f"{label.shape}")
+        raise DatasetError(
+            f"{who}{path}: expected 3-D image and label of one shape, got {image.shape} and {label.shape}"
+        )
     if not (np.issubdtype(image.dtype, np.number) and np.issubdtype(label.dtype, np.number)):
         raise DatasetError(f"{who}{path}: non-numeric arrays ({image.dtype}, {label.dtype})")
     if not np.isfinite(image).all():
@@ -646,8 +689,14 @@ def _find_dicom(src: Path) -> _Source | None:
         )
     incomplete = {"no_label": sorted(set(cases) - set(labels)), "no_dicom": sorted(set(labels) - set(cases))}
     both = {i: cases[i] for i in sorted(set(cases) & set(labels))}
-    return _Source(layout="dicom", root=root, cases=both, labels={i: labels[i] for i in both},
-                   label_root=label_root, incomplete=incomplete)
+    return _Source(
+        layout="dicom",
+        root=root,
+        cases=both,
+        labels={i: labels[i] for i in both},
+        label_root=label_root,
+        incomplete=incomplete,
+    )
 
 
 def _find_h5(src: Path) -> _Source | None:
@@ -684,7 +733,7 @@ def _find_source(src: Path, layout: str) -> _Source:
     if source is None or not source.cases:
         want = {
             "auto": f"'{PANCREAS_CT}/PANCREAS_XXXX/...' with '{LABELS_FOLDER}/labelXXXX.nii.gz', or PANCREAS_XXXX.h5 / "
-                    "imageXXXX_norm.h5",
+            "imageXXXX_norm.h5",
             "dicom": f"'{PANCREAS_CT}/PANCREAS_XXXX/...' with '{LABELS_FOLDER}/labelXXXX.nii.gz'",
             "h5": "PANCREAS_XXXX.h5 or imageXXXX_norm.h5",
         }[layout]
@@ -693,7 +742,6 @@ def _find_source(src: Path, layout: str) -> _Source:
 
 
 # -------------------------------------------------------------------------------------------------- writing
-
 
 
 def prepare_pancreas(
@@ -747,13 +795,26 @@ def prepare_pancreas(
     found, missing, unlisted = present_in_lists({"training": train_all, "test": test_all}, source.cases)
     train_ids, test_ids = found["training"], found["test"]
     missing_train, missing_test = missing["training"], missing["test"]
-    split = split_training(train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=val,
-                           default_labeled=DEFAULT_LABELED)
+    split = split_training(
+        train_ids,
+        labeled=labeled,
+        fraction=fraction,
+        random=random,
+        seed=seed,
+        val=val,
+        default_labeled=DEFAULT_LABELED,
+    )
 
     arguments = {
-        "src": str(src_p), "labeled": labeled, "fraction": fraction, "random": random, "seed": seed, "val": val,
+        "src": str(src_p),
+        "labeled": labeled,
+        "fraction": fraction,
+        "random": random,
+        "seed": seed,
+        "val": val,
         "splits": None if splits is None else str(Path(os.fspath(splits)).expanduser().resolve()),
-        "interpolation": interpolation, "layout": layout,
+        "interpolation": interpolation,
+        "layout": layout,
     }
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
@@ -765,8 +826,10 @@ def prepare_pancreas(
             _info(f"{len(ids)} of {len(total)} {what} ids are not in {src_p} and were skipped: {shown}")
     for what, ids in source.incomplete.items():
         if ids:
-            _info(f"{len(ids)} case(s) skipped: {'no label file' if what == 'no_label' else 'no DICOM series'} "
-                  f"({', '.join(ids)})")
+            _info(
+                f"{len(ids)} case(s) skipped: {'no label file' if what == 'no_label' else 'no DICOM series'} "
+                f"({', '.join(ids)})"
+            )
     if unlisted:
         _info(f"{len(unlisted)} case(s) in {source.root} are in no list and were ignored: {', '.join(unlisted)}")
     cases = split.labeled + split.unlabeled + split.validation + test_ids
@@ -787,26 +850,36 @@ def prepare_pancreas(
         )
         axes = "RAS+ (closest canonical orientation); affine = world position (1 mm, origin at the crop start)"
     else:
-        preprocessing = ("preprocessed h5 (MC-Net+ lineage: 1 mm, window [-125, 275], x/y crop around the label, "
-                         "z-score); arrays copied unchanged, label cast to uint8")
+        preprocessing = (
+            "preprocessed h5 (MC-Net+ lineage: 1 mm, window [-125, 275], x/y crop around the label, "
+            "z-score); arrays copied unchanged, label cast to uint8"
+        )
         axes = "array axes as stored in the h5; affine identity (1 mm; the h5 stores no spacing or orientation)"
     metadata: dict[str, Any] = {
         "dataset": "Pancreas",
-        "source": {"layout": source.layout, "path": str(src_p), "case_root": str(source.root),
-                   "label_root": str(source.label_root) if source.label_root else None,
-                   "train_list": str(train_path), "test_list": str(test_path),
-                   "split_rule": "official 62 / 20 split (package data)" if splits is None
-                   else f"user lists {train_path} and {test_path}"},
+        "source": {
+            "layout": source.layout,
+            "path": str(src_p),
+            "case_root": str(source.root),
+            "label_root": str(source.label_root) if source.label_root else None,
+            "train_list": str(train_path),
+            "test_list": str(test_path),
+            "split_rule": (
+                "official 62 / 20 split (package data)"
+                if splits is None
+                else f"user lists {train_path} and {test_path}"
+            ),
+        },
         "spacing": [TARGET_SPACING] * 3,
         "axes": axes,
         "preprocessing": preprocessing,
         "crop_uses_label": "yes: the x/y crop is placed around the ground truth, test cases included (known "
-                           "weakness of the literature's convention)",
+        "weakness of the literature's convention)",
         "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the training list")
-                        + (f"; default N = {DEFAULT_LABELED} (20% of 62)" if labeled is None and fraction is None
-                           else ""),
-        "validation_rule": "" if not val else (f"seeded random draw (seed {seed})" if random
-                                               else "last N of the training list"),
+        + (f"; default N = {DEFAULT_LABELED} (20% of 62)" if labeled is None and fraction is None else ""),
+        "validation_rule": (
+            "" if not val else (f"seeded random draw (seed {seed})" if random else "last N of the training list")
+        ),
         "missing": {"training": missing_train, "test": missing_test},
         "incomplete": source.incomplete,
         "unlisted": unlisted,
@@ -838,8 +911,10 @@ def prepare_pancreas(
         datalist["dycon"]["cases"] = case_info
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
-    _info(f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
-          f"{c['test']} test")
+    _info(
+        f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
+        f"{c['test']} test"
+    )
     return dst_p / DATALIST_NAME
 
 
@@ -908,8 +983,9 @@ def _synth_volume(rng: np.random.Generator, geom: SynthGeometry) -> tuple[np.nda
     return np.clip(np.rint(hu), -1024, 3071).astype(np.int16), mask.astype(np.uint8)
 
 
-def _write_slice(path: Path, pixels: np.ndarray, k: int, geom: SynthGeometry, case_id: str, uids: dict[str, str],
-                 intercept: float) -> None:
+def _write_slice(
+    path: Path, pixels: np.ndarray, k: int, geom: SynthGeometry, case_id: str, uids: dict[str, str], intercept: float
+) -> None:
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ImplicitVRLittleEndian, generate_uid
@@ -986,9 +1062,13 @@ def synth_pancreas(
     import nibabel as nib
     from pydicom.uid import generate_uid
 
-    if not (isinstance(shape, (list, tuple)) and len(shape) == 3
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 8 for s in shape[:2])
-            and isinstance(shape[2], int) and shape[2] >= 3):
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 8 for s in shape[:2])
+        and isinstance(shape[2], int)
+        and shape[2] >= 3
+    ):
         raise DatasetError(f"shape must be (columns >= 8, rows >= 8, slices >= 3), got {shape!r}")
     if ids is None:
         for name, v in (("n_train", n_train), ("n_test", n_test)):
@@ -1003,8 +1083,9 @@ def synth_pancreas(
     if missing_slice is not None:
         ci, k = (int(v) for v in missing_slice)
         if not (0 <= ci < len(case_ids) and 0 <= k < shape[2]):
-            raise DatasetError(f"missing_slice={tuple(missing_slice)} is outside {len(case_ids)} cases x {shape[2]} "
-                               "slices")
+            raise DatasetError(
+                f"missing_slice={tuple(missing_slice)} is outside {len(case_ids)} cases x {shape[2]} slices"
+            )
     dst_p = new_synthetic_folder(dst)
     with atomic_dataset(dst_p) as tmp:
         labels = tmp / LABELS_FOLDER
@@ -1020,8 +1101,9 @@ def synth_pancreas(
             stored = hu.astype(np.int32) - int(intercept)
             for k in range(geom.shape[2]):
                 # DICOM pixel arrays are (row, column) = (j, i)
-                _write_slice(folder / f"1-{k + 1:03d}.dcm", stored[:, :, k].T.astype(np.int16), k, geom, case_id,
-                             uids, intercept)
+                _write_slice(
+                    folder / f"1-{k + 1:03d}.dcm", stored[:, :, k].T.astype(np.int16), k, geom, case_id, uids, intercept
+                )
             if missing_slice is not None and int(missing_slice[0]) == n:
                 (folder / f"1-{int(missing_slice[1]) + 1:03d}.dcm").unlink()
             img = nib.Nifti1Image(mask, geom.ras_affine)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from custom.data.datalist import DatasetError
+from .datalist import DatasetError
 
 __all__ = ["check_dataset", "AFFINE_TOL"]
 
@@ -74,9 +74,7 @@ def _check_entry(
     label = _open(label_path)
     lshape = tuple(int(s) for s in label.shape)
     if lshape != shape[:3]:
-        raise DatasetError(
-            f"{label_path}: label shape {lshape} does not match the image's {shape[:3]} ({image_path})"
-        )
+        raise DatasetError(f"{label_path}: label shape {lshape} does not match the image's {shape[:3]} ({image_path})")
     if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOL):
         diff = float(np.abs(np.asarray(label.affine) - np.asarray(image.affine)).max())
         raise DatasetError(
@@ -112,7 +110,7 @@ def check_dataset(
             ``AFFINE_TOL``) mismatch; channel count != ``in_channels`` (3-D image = 1 channel, (X, Y, Z, C) = C);
             NaN / Inf image voxels; label values outside ``label_values`` (``None``: not checked).
     """
-    from custom.data.loaders import load_split
+    from .loaders import load_split
 
     path = Path(datalist)
     if not path.parent.is_dir():

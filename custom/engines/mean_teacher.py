@@ -8,22 +8,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Events
+from ignite.metrics import Metric
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.transforms import Transform
 from monai.utils import CommonKeys as Keys
 from monai.utils import convert_to_tensor
-from ignite.engine import Events
-from ignite.metrics import Metric
 from torch import nn
-from torch.profiler import record_function
 from torch.optim import Optimizer
+from torch.profiler import record_function
 
-from custom.flags import as_bool
-from custom.losses.dycon import DyCONLoss
-from custom.precision import AMP_DTYPES, resolve_amp, resolve_amp_dtype, resolve_channels_last
-from custom.samplers import InfiniteSeededSampler, seed_iteration
-from custom.schedules import optimizer_step
+from ..flags import as_bool
+from ..losses.dycon import DyCONLoss
+from ..precision import AMP_DTYPES, resolve_amp, resolve_amp_dtype, resolve_channels_last
+from ..samplers import InfiniteSeededSampler, seed_iteration
+from ..schedules import optimizer_step
 
 __all__ = ["MeanTeacherTrainer", "PHASES"]
 
@@ -33,9 +33,13 @@ PHASES = ("dycon.student_forward", "dycon.teacher_forward", "dycon.losses", "dyc
 
 logger = logging.getLogger(__name__)
 
+
 def _stream_sampler(loader: Any) -> InfiniteSeededSampler | None:
     """The :class:`InfiniteSeededSampler` behind a DataLoader, if any."""
-    for candidate in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+    for candidate in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
         if isinstance(candidate, InfiniteSeededSampler):
             return candidate
     return None
@@ -363,7 +367,9 @@ class MeanTeacherTrainer(SupervisedTrainer):
             logger.warning(
                 "iteration %d: non-finite loss (%s), optimizer step and running-statistics update skipped "
                 "(%d skipped so far)",
-                engine.state.iteration, {k: float(v.detach()) for k, v in parts.items()}, engine.state.skipped_steps,
+                engine.state.iteration,
+                {k: float(v.detach()) for k, v in parts.items()},
+                engine.state.skipped_steps,
             )
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
 

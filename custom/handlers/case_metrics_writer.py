@@ -35,7 +35,7 @@ from monai.data import decollate_batch
 from monai.handlers import IgniteMetricHandler
 from monai.utils import ImageMetaKey, string_list_all_gather
 
-from custom.metrics.case_metrics import (
+from ..metrics.case_metrics import (
     EMPTY_RULES,
     INTEGER_METRICS,
     LESION_METRIC_UNITS,
@@ -44,8 +44,8 @@ from custom.metrics.case_metrics import (
     metric_names,
     summarize_case_metrics,
 )
-from custom.metrics.lesion import LESION_METRIC_NAMES
-from custom.metrics.surface import CASE_METRIC_NAMES
+from ..metrics.lesion import LESION_METRIC_NAMES
+from ..metrics.surface import CASE_METRIC_NAMES
 
 try:
     import ignite.distributed as idist

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 
-from custom.handlers.ema import unwrap
+from .ema import unwrap
 
 __all__ = ["BufferSync", "DrawLog", "state_sha256"]
 

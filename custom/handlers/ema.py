@@ -7,7 +7,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.profiler import record_function
 
-from custom.schedules import ema_alpha, optimizer_step
+from ..schedules import ema_alpha, optimizer_step
 
 __all__ = ["TeacherEMAHandler", "unwrap"]
 
@@ -15,7 +15,7 @@ __all__ = ["TeacherEMAHandler", "unwrap"]
 def unwrap(module: nn.Module) -> nn.Module:
     """The network inside DataParallel / DistributedDataParallel and :class:`custom.networks.EmbeddingForward`
     wrappers (or the module itself)."""
-    from custom.networks.embedding_forward import EmbeddingForward
+    from ..networks.embedding_forward import EmbeddingForward
 
     while True:
         if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):

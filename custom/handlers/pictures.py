@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from custom.handlers.checkpoint import loss_parts
+from .checkpoint import loss_parts
 
 try:
     import ignite.distributed as idist
@@ -113,8 +113,12 @@ def _image_like_pred(item: Mapping) -> np.ndarray | None:
     if image is None:
         return None
     affine_i, affine_p = getattr(image, "affine", None), getattr(pred, "affine", None)
-    if affine_i is not None and affine_p is not None and not torch.allclose(
-        torch.as_tensor(affine_i, dtype=torch.float64), torch.as_tensor(affine_p, dtype=torch.float64), atol=1e-3
+    if (
+        affine_i is not None
+        and affine_p is not None
+        and not torch.allclose(
+            torch.as_tensor(affine_i, dtype=torch.float64), torch.as_tensor(affine_p, dtype=torch.float64), atol=1e-3
+        )
     ):
         import nibabel as nib
         from monai.transforms import Orientation
@@ -373,7 +377,7 @@ class TrainingCurvePNG:
         self.iterations.append(int(engine.state.iteration))
         for k, v in parts.items():
             self.values.setdefault(k, [math.nan] * n).append(float(v))
-        for k, seq in self.values.items():
+        for seq in self.values.values():
             if len(seq) < n + 1:
                 seq.append(math.nan)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from ignite.engine import Engine, Events
 
-from custom.schedules import optimizer_step
+from ..schedules import optimizer_step
 
 __all__ = ["ScheduleHandler"]
 

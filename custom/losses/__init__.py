@@ -1,15 +1,9 @@
 """DyCON losses: UnCL, FeCL, the patch-label helpers and the full objective."""
 
-from custom.losses.dycon import DyCONLoss, dycon_supervised_loss
-from custom.losses.fecl import FeCLLoss
-from custom.losses.patch_labels import (
-    IGNORE_INDEX,
-    mask_to_patch_labels,
-    pool_to_grid,
-    pooled_entropy,
-    teacher_patch_labels,
-)
-from custom.losses.uncl import UnCLLoss, voxel_entropy
+from .dycon import DyCONLoss, dycon_supervised_loss
+from .fecl import FeCLLoss
+from .patch_labels import IGNORE_INDEX, mask_to_patch_labels, pool_to_grid, pooled_entropy, teacher_patch_labels
+from .uncl import UnCLLoss, voxel_entropy
 
 __all__ = [
     "DyCONLoss",

@@ -8,9 +8,9 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from custom.losses.fecl import FeCLLoss
-from custom.losses.patch_labels import mask_to_patch_labels, pooled_entropy, teacher_patch_labels
-from custom.losses.uncl import UnCLLoss
+from .fecl import FeCLLoss
+from .patch_labels import mask_to_patch_labels, pooled_entropy, teacher_patch_labels
+from .uncl import UnCLLoss
 
 __all__ = ["DyCONLoss", "dycon_supervised_loss"]
 
@@ -115,7 +115,9 @@ class DyCONLoss(nn.Module):
         """
         n_lab = label.shape[0]
         if n_lab == 0 or n_lab > student_logits.shape[0]:
-            raise ValueError(f"need 1..{student_logits.shape[0]} labeled volumes, got labels of shape {tuple(label.shape)}")
+            raise ValueError(
+                f"need 1..{student_logits.shape[0]} labeled volumes, got labels of shape {tuple(label.shape)}"
+            )
         sup = self.supervised(student_logits[:n_lab], label)
         zero = sup.new_zeros(())
         parts = {"supervised": sup, "uncl": zero, "fecl": zero, "mse": zero}
@@ -131,8 +133,9 @@ class DyCONLoss(nn.Module):
                 parts["mse"] = diff.pow(2).mean()
                 unsup = unsup + self.mse_weight * parts["mse"]
             if self.fecl_weight != 0:
-                parts["fecl"] = self._fecl(student_logits, label, teacher_logits, student_embeddings,
-                                           teacher_embeddings, step)
+                parts["fecl"] = self._fecl(
+                    student_logits, label, teacher_logits, student_embeddings, teacher_embeddings, step
+                )
                 unsup = unsup + self.fecl_weight * parts["fecl"]
             total = total + eta * unsup
         out = {k: v.detach() for k, v in parts.items()}

@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from torch.nn.modules.loss import _Loss
 
-from custom.flags import as_bool
-from custom.schedules import cross_threshold
+from ..flags import as_bool
+from ..schedules import cross_threshold
 
 __all__ = ["FeCLLoss"]
 
@@ -242,5 +242,3 @@ class FeCLLoss(_Loss):
             f"variant={self.variant!r}, temperature={self.temperature}, gamma={self.gamma}, top_k={self.top_k}, "
             f"cross_weight={self.cross_weight}, cross_ramp={self.cross_ramp}"
         )
-
-

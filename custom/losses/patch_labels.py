@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from custom.losses.uncl import voxel_entropy
+from .uncl import voxel_entropy
 
 __all__ = ["pool_to_grid", "mask_to_patch_labels", "teacher_patch_labels", "pooled_entropy", "IGNORE_INDEX"]
 

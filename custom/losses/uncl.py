@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from torch.nn.modules.loss import _Loss
 
 __all__ = ["UnCLLoss", "voxel_entropy"]
@@ -69,5 +68,3 @@ class UnCLLoss(_Loss):
         weight = 1.0 / (torch.exp(beta * h_s) + torch.exp(beta * h_t))
         squared_error = (p_s - p_t).pow(2).sum(dim=1)
         return (weight * squared_error + beta * (h_s + h_t)).mean()
-
-

@@ -174,7 +174,7 @@ class CaseMetrics(CumulativeIterationMetric):
             else:
                 raise ValueError(f"{c} channels: pass `channel=` to choose the foreground channel.")
         t = x.as_tensor() if hasattr(x, "as_tensor") else x
-        return (t[:, ch].detach().float().cpu().numpy() > self.threshold)
+        return t[:, ch].detach().float().cpu().numpy() > self.threshold
 
     def _spacings(self, y_pred: torch.Tensor, y: torch.Tensor | None, kw_spacing: Any) -> list:
         b, sd = int(y_pred.shape[0]), y_pred.ndim - 2

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from custom.metrics.surface import _normalize_spacing, to_numpy_mask
+from .surface import _normalize_spacing, to_numpy_mask
 
 __all__ = [
     "LESION_METRIC_NAMES",

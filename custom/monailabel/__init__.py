@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from custom.monailabel.app import copy_bundle, install_into_app, is_installed, sample_app_dir
+from .app import copy_bundle, install_into_app, is_installed, sample_app_dir
 
 __all__ = ["DyCONBundleTrainTask", "copy_bundle", "install_into_app", "is_installed", "sample_app_dir"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "DyCONBundleTrainTask":
-        from custom.monailabel.train_task import DyCONBundleTrainTask
+        from .train_task import DyCONBundleTrainTask
 
         return DyCONBundleTrainTask
     raise AttributeError(f"module 'custom.monailabel' has no attribute {name!r}")

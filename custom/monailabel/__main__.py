@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from custom.monailabel.app import install_into_app
+from .app import install_into_app
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,7 +83,7 @@ def copy_bundle(
     """Copy ``bundle`` (a name of this repository such as ``dycon_la`` / ``la``, or a bundle folder) to
     ``app_dir/model/<name>`` (replacing an earlier copy); ``model``: a ``model.pt`` state dict to ship as
     ``models/model.pt``. Returns the copy."""
-    from custom.export import resolve_bundle
+    from ..export import resolve_bundle
 
     src = resolve_bundle(bundle)
     dst = Path(app_dir) / "model" / (name or src.name)

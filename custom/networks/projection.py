@@ -157,9 +157,7 @@ class EmbeddingNet(nn.Module):
             return
         tensor = _first_tensor(output)
         if tensor is None:
-            raise TypeError(
-                f"feature_module {self.feature_module!r} returned {type(output).__name__}, not a tensor"
-            )
+            raise TypeError(f"feature_module {self.feature_module!r} returned {type(output).__name__}, not a tensor")
         self._captured = tensor
 
     def forward(self, x: Tensor) -> Any:
@@ -177,9 +175,7 @@ class EmbeddingNet(nn.Module):
             self._capturing = False
             self._captured = None
         if features is None:
-            raise RuntimeError(
-                f"feature_module {self.feature_module!r} did not run during the backbone's forward pass"
-            )
+            raise RuntimeError(f"feature_module {self.feature_module!r} did not run during the backbone's forward pass")
         if features.ndim < 2 or features.shape[1] != self.feature_channels:
             raise ValueError(
                 f"feature_module {self.feature_module!r} produced shape {tuple(features.shape)}; "
@@ -193,4 +189,3 @@ class EmbeddingNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"feature_module={self.feature_module!r}, feature_channels={self.feature_channels}"
-

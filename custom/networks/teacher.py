@@ -15,7 +15,7 @@ def make_teacher(student: nn.Module) -> nn.Module:
     Args:
         student: the student network (any ``nn.Module``, e.g. :class:`custom.networks.UNet3D`).
     """
-    from custom.handlers.ema import unwrap
+    from ..handlers.ema import unwrap
 
     teacher = copy.deepcopy(unwrap(student))
     for p in teacher.parameters():

@@ -15,9 +15,9 @@ Architecture (defaults, see ``docs/dycon_method.md`` sections 2 and 3)::
 
 As in the released code the dropout layers are element-wise (:class:`Dropout`, ``nn.Dropout``'s distribution with a
 faster mask) and the normalisation is instance norm (:class:`InstanceNorm3d`, computed by the GroupNorm kernel);
-``spatial_dropout=True`` switches to ``nn.Dropout3d``. Weights are initialised like the released code (Kaiming normal, fan_in, for every
-convolution; BatchNorm weight N(1, 0.02), bias 0). With the defaults the network has 6,148,498 parameters with
-the projection head (5,884,050 without).
+``spatial_dropout=True`` switches to ``nn.Dropout3d``. Weights are initialised like the released code (Kaiming
+normal, fan_in, for every convolution; BatchNorm weight N(1, 0.02), bias 0). With the defaults the network has
+6,148,498 parameters with the projection head (5,884,050 without).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from custom.networks.projection import ProjectionHead
+from .projection import ProjectionHead
 
 __all__ = ["UNet3D", "InstanceNorm3d", "Dropout"]
 
