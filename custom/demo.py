@@ -2,21 +2,22 @@
 
 It prepares a small dataset (the real Left-Atrium cases of ``../shared/data/LA_h5`` when present, otherwise a
 synthetic set in the raw challenge layout), trains the LA bundle for a few minutes, evaluates it on the test
-cases and writes masks with the inference config - all through ``python -m monai.bundle run``, exactly as a user
-would. A slimmer U-Net (filters 8-128 instead of 16-256) and a small patch keep it within minutes on 2 cores;
-the numbers it prints are a smoke test, not the paper's results.
+cases and writes masks with the inference config - all through ``python -m monai.bundle run`` from the bundle
+folder (``bundles/dycon_la``), exactly as a user would. A slimmer U-Net (filters 8-128 instead of 16-256) and a
+small patch keep it within minutes on 2 cores; the numbers it prints are a smoke test, not the paper's results.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["run_demo", "shared_la_h5"]
+__all__ = ["BUNDLE", "bundle_command", "run_demo", "schedule_overrides", "shared_la_h5"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "bundles" / "dycon_la"
@@ -59,30 +60,45 @@ def cli_value(value: object) -> str:
     return json.dumps(value)
 
 
+def schedule_overrides(iterations: int, val_interval: int) -> dict[str, int]:
+    """The bundle ids for ``iterations`` training iterations with a validation every ``val_interval`` iterations.
+
+    The bundles count training the model zoo's way: ``max_epochs`` epochs of ``epoch_length`` iterations, validated
+    every ``val_interval`` EPOCHS. One epoch of ``val_interval`` iterations, validated after every epoch, gives
+    ``ceil(iterations / val_interval)`` validations and ``val_interval * ceil(iterations / val_interval)``
+    iterations (``iterations`` itself when it is a multiple of ``val_interval``), as the bundles counted before
+    ``max_iterations`` became ``max_epochs x epoch_length``."""
+    if int(iterations) < 1 or int(val_interval) < 1:
+        raise ValueError(f"iterations and val_interval must be >= 1, got {iterations} and {val_interval}")
+    epochs = -(-int(iterations) // int(val_interval))
+    return {"max_epochs": epochs, "epoch_length": int(val_interval), "val_interval": 1}
+
+
 def bundle_command(configs: list[str], overrides: dict[str, object]) -> list[str]:
-    """``python -m monai.bundle run`` of the LA bundle's ``configs`` (merged in order) with ``overrides``."""
-    files = [str(BUNDLE / "configs" / c) for c in configs]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--bundle_root",
-        str(BUNDLE),
-        "--config_file",
-        files[0] if len(files) == 1 else json.dumps(files),
-    ]
+    """``python -m monai.bundle run`` of the LA bundle's ``configs`` (merged in order) with ``overrides``, as its
+    README writes it: relative config paths, so the command runs FROM THE BUNDLE FOLDER (``cwd=BUNDLE``, which puts
+    the bundle's ``scripts`` package on ``sys.path``). Paths among ``overrides`` must be absolute."""
+    files = [f"configs/{c}" for c in configs]
+    config_file = files[0] if len(files) == 1 else json.dumps(files)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file]
     for key, value in overrides.items():
         cmd += [f"--{key}", cli_value(value)]
     return cmd
 
 
+def bundle_default(key: str) -> object:
+    """A plain value of the LA bundle's ``configs/train.yaml`` (``fecl_variant``)."""
+    import yaml
+
+    return yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text())[key]
+
+
 def _bundle_run(configs: list[str], overrides: dict[str, object], log: Path) -> None:
     cmd = bundle_command(configs, overrides)
-    print("$ " + " ".join(cmd[1:]), flush=True)
+    print(f"$ (cd {shlex.quote(str(BUNDLE))} && {shlex.join(['python', *cmd[1:]])})", flush=True)
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=BUNDLE)
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
@@ -99,7 +115,7 @@ def run_demo(
     val_interval: int = 30,
     patch: tuple[int, int, int] = (64, 64, 48),
     features: tuple[int, ...] = (8, 16, 32, 64, 128),
-    fecl_variant: str = "official",
+    fecl_variant: str | None = None,
     amp: bool | str = "auto",
 ) -> Path:
     """Prepare data, train, evaluate and infer; returns the work directory.
@@ -107,10 +123,12 @@ def run_demo(
     Args:
         workdir: where everything is written (data, model, metrics, masks, logs).
         source: ``"real"`` (the shared LA h5 cases), ``"synthetic"``, or ``"auto"`` (real when present).
-        iterations, val_interval: training length and validation interval (iterations).
+        iterations, val_interval: training length and validation interval, both in ITERATIONS (the bundle runs
+            ``ceil(iterations / val_interval)`` epochs of ``val_interval`` iterations, validating after each:
+            :func:`schedule_overrides`).
         patch: training patch (multiples of 16).
         features: U-Net filters (the bundle default is 16-256; the demo uses a slimmer net for the CPU).
-        fecl_variant: ``"official"`` or ``"paper"``.
+        fecl_variant: ``"official"`` or ``"paper"``; None (default): the bundle's own default (``paper``).
         amp: the bundle's ``amp``: ``"auto"`` (bf16 autocast on CPUs with AMX / AVX512-BF16, the fastest setting
             that passed the quality check: benchmarks/README.md), ``false`` to force fp32, ``true``.
     """
@@ -150,8 +168,12 @@ def run_demo(
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"  # the bundle's own choice of device
     precision = "bf16 autocast" if resolve_amp(amp, device) else "fp32"
+    schedule = schedule_overrides(iterations, val_interval)
+    variant = {} if fecl_variant is None else {"fecl_variant": fecl_variant}  # else the bundle's default
     print(
-        f"[2/4] train: {iterations} iterations, 2 labeled + 2 unlabeled per batch, FeCL {fecl_variant}, "
+        f"[2/4] train: {schedule['max_epochs'] * schedule['epoch_length']} iterations ({schedule['max_epochs']} "
+        f"epochs of {schedule['epoch_length']}, validated after each), 2 labeled + 2 unlabeled per batch, "
+        f"FeCL {fecl_variant or bundle_default('fecl_variant')}, "
         f"{precision} on {device} (amp={amp}; --amp false forces fp32)",
         flush=True,
     )
@@ -159,11 +181,10 @@ def run_demo(
         ["train.yaml"],
         {
             **common,
-            "max_iterations": iterations,
-            "val_interval": val_interval,
+            **schedule,
             "labeled_batch_size": 2,
             "unlabeled_batch_size": 2,
-            "fecl_variant": fecl_variant,
+            **variant,
             "amp": amp,
         },
         log,
