@@ -65,11 +65,28 @@ def bundle_defaults(bundle: str) -> dict[str, Any]:
         "learning_rate": float(cfg.get("learning_rate", 0.01)),
         "sw_overlap": float(cfg.get("sw_overlap", 0.5)),
         "amp_dtype": str(cfg.get("amp_dtype", "float16")),
-        "max_iterations": int(cfg.get("max_iterations", 20000)),
+        # the training length in iterations (the beta schedule's length): max_epochs epochs of epoch_length
+        "max_iterations": int(cfg["max_epochs"]) * int(cfg["epoch_length"]),
     }
     feats = net.get("features")
     out["features"] = [int(v) for v in feats] if isinstance(feats, (list, tuple)) else None
     return out
+
+
+def bundle_dir(bundle: str) -> Path:
+    """``bundles/dycon_<bundle>``, the folder a bundle runs from."""
+    return REPO / "bundles" / f"dycon_{bundle}"
+
+
+def import_bundle_scripts(bundle: str) -> Path:
+    """Make ``import scripts`` (what the bundle configs import) this bundle's ``scripts`` package, as running from the
+    bundle folder does: the folder first on ``sys.path`` and any ``scripts`` imported before unloaded (MONAI Label's
+    way of switching bundles). Returns the bundle folder."""
+    root = bundle_dir(bundle)
+    sys.path[:] = [str(root)] + [p for p in sys.path if p != str(root)]
+    for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
+        del sys.modules[name]
+    return root
 
 
 def machine() -> dict[str, Any]:

@@ -48,9 +48,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import REPO, machine
+from benchmarks._common import machine
 from benchmarks.la_ssl import ABLATION_ARMS, ARMS, METRICS, check_protocol_args, downsample, protocol_parser
-from custom.demo import bundle_command
+from custom.demo import BUNDLE, bundle_command, schedule_overrides
 
 MAIN_ARMS = ("supervised", "mean_teacher", "dycon_official", "dycon_paper")
 MODELS = ("last", "selected")
@@ -138,7 +138,7 @@ def run_one(arm: str, seed: int, args, datalists: dict[str, Path]) -> dict:
     overrides: dict[str, object] = {
         **common, "datalist": str(datalists["supervised" if arm.startswith("supervised") else "train"]),
         "labeled_batch_size": args.batch[0], "unlabeled_batch_size": args.batch[1],
-        "max_iterations": args.iterations, "val_interval": args.val_interval, "learning_rate": args.lr,
+        **schedule_overrides(args.iterations, args.val_interval), "learning_rate": args.lr,
         "amp": False,  # fp32 unless the arm says otherwise (the *_bf16 arms)
     }
     own = ARMS[arm]
@@ -160,12 +160,13 @@ def run_one(arm: str, seed: int, args, datalists: dict[str, Path]) -> dict:
         cmd = bundle_command(configs, ov)
         t0 = time.perf_counter()
         with open(out / f"{stage}.log", "w") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(BUNDLE))
         if rc != 0:
             raise RuntimeError(f"{arm} seed {seed}: {stage} failed (exit {rc}); see {out / f'{stage}.log'}")
         return time.perf_counter() - t0
 
-    print(f"[{arm} seed {seed}] train: " + " ".join(bundle_command(["train.yaml"], overrides)[1:]), flush=True)
+    print(f"[{arm} seed {seed}] train (in {BUNDLE}): " + " ".join(bundle_command(["train.yaml"], overrides)[1:]),
+          flush=True)
     train_s = bundle("train", ["train.yaml"], overrides)
     last = last_model(out / "train" / "checkpoints", out / "models_last" / "model.pt")
     ckpt_dirs = {"last": last.parent, "selected": out / "models"}
@@ -339,6 +340,7 @@ def parse_args(argv=None):
     if args.ablations:
         args.arms = list(dict.fromkeys([*args.arms, *ABLATION_ARMS]))
     args.val_interval = args.val_interval or max(1, args.iterations // 10)
+    args.workdir = str(Path(args.workdir).resolve())  # the bundle runs from its own folder
     if not args.threads:
         args.threads = max(1, (os.cpu_count() or 2) // max(1, args.jobs))
     return args

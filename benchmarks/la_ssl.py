@@ -61,7 +61,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import REPO, machine
-from custom.demo import bundle_command
+from custom.demo import BUNDLE, bundle_command, schedule_overrides
 
 METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
 
@@ -191,10 +191,10 @@ def run_arm(name: str, args, datalist: Path, supervised_datalist: Path) -> dict:
     for stage, configs, ov in (("train", ["train.yaml"], overrides),
                                ("evaluate", ["train.yaml", "evaluate.yaml"], eval_overrides)):
         cmd = bundle_command(configs, ov)
-        print(f"[{name}] {stage}: " + " ".join(cmd[1:]), flush=True)
+        print(f"[{name}] {stage} (in {BUNDLE}): " + " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         with open(out / f"{stage}.log", "w") as log:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(BUNDLE))
         timings[f"{stage}_s"] = time.perf_counter() - t0
         if rc != 0:
             raise RuntimeError(f"arm {name}: {stage} failed (exit {rc}); see {out / f'{stage}.log'}")
@@ -219,8 +219,7 @@ def arm_overrides(name: str, args, datalist: Path, supervised_datalist: Path, ou
         "network_def#features": list(args.features),
         "labeled_batch_size": args.batch[0],
         "unlabeled_batch_size": args.batch[1],
-        "max_iterations": args.iterations,
-        "val_interval": args.val_interval,
+        **schedule_overrides(args.iterations, args.val_interval),  # max_epochs x epoch_length, validated per epoch
         "learning_rate": args.lr,
         "num_workers": 0,
         "seed": args.seed,
@@ -342,6 +341,7 @@ def parse_args(argv=None):
     if args.diagnostics:
         args.arms = list(dict.fromkeys([*args.arms, *DIAGNOSTIC_ARMS]))
     args.val_interval = args.val_interval or max(1, args.iterations // 10)
+    args.workdir = str(Path(args.workdir).resolve())  # the bundle runs from its own folder
     if args.jobs > 1 and not args.threads:
         args.threads = max(1, (os.cpu_count() or 2) // args.jobs)
     return args

@@ -30,7 +30,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import BUNDLES, REPO, machine, stats
+from benchmarks._common import BUNDLES, import_bundle_scripts, machine, stats
 
 
 def _synthetic_dataset(root: Path, cases: int, volume: list[int]) -> Path:
@@ -44,9 +44,10 @@ def time_loaders(bundle: str, dataset_dir: Path, num_workers: int, batches: int,
                  patch: list[int] | None, batch: list[int] | None) -> dict:
     from monai.bundle import ConfigParser
 
+    root = import_bundle_scripts(bundle)  # the configs import the bundle's own ``scripts`` package
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / f"dycon_{bundle}" / "configs" / "train.yaml"))
-    parser.update({"bundle_root": str(REPO / "bundles" / f"dycon_{bundle}"), "dataset_dir": str(dataset_dir),
+    parser.read_config(str(root / "configs" / "train.yaml"))
+    parser.update({"bundle_root": str(root), "dataset_dir": str(dataset_dir),
                    "num_workers": num_workers})
     if patch:
         parser["patch_size"] = list(patch)

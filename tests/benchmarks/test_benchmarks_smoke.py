@@ -32,6 +32,18 @@ def _positive_stats(d: dict, repeats: int) -> None:
     assert d["n"] == repeats == len(d["samples_s"])
 
 
+def test_bundle_defaults_training_length():
+    """The training length the benchmarks use (train_step's beta schedule) is the bundle's max_epochs x epoch_length."""
+    import yaml
+
+    from benchmarks._common import BUNDLES, bundle_defaults
+
+    for bundle in BUNDLES:
+        cfg = yaml.safe_load((REPO / "bundles" / f"dycon_{bundle}" / "configs" / "train.yaml").read_text())
+        assert "max_iterations" not in cfg
+        assert bundle_defaults(bundle)["max_iterations"] == cfg["max_epochs"] * cfg["epoch_length"] == 20000
+
+
 @pytest.mark.timeout(120)
 def test_train_step_smoke():
     out = _run("train_step.py", "--bundle", "la", "--patch", "32", "32", "32", "--labeled", "1", "--unlabeled", "1",

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.la_protocol import _write_once, bootstrap_ci, comparisons, paired, sign_test, summarise
+from custom.demo import shared_la_h5
 
 REPO = Path(__file__).resolve().parents[2]
-LA_H5 = REPO.parent / "shared" / "data" / "LA_h5"
+LA_H5 = shared_la_h5() or REPO.parent / "shared" / "data" / "LA_h5"  # $DYCON_LA_H5 or ../shared/data/LA_h5
 
 
 def test_sign_test_exact():
@@ -105,6 +106,11 @@ def test_tiny_protocol_with_a_held_out_list(tmp_path: Path):
         case = run["per_case"]["test_last_bundle"][ids[4]]
         assert 0.0 <= case["dice"] <= 1.0 and case["hd95_mm"] >= 0 and case["hd95_voxel"] >= 0
         assert run["best_validation"]["epoch"] in (1, 2)
+        # --iterations 2 --val-interval 1: 2 epochs of 1 iteration, a validation after each
+        assert {k: run["overrides"][k] for k in ("max_epochs", "epoch_length", "val_interval")} == {
+            "max_epochs": 2, "epoch_length": 1, "val_interval": 1}
+        train_log = (tmp_path / "work" / "arms" / run["arm"] / "seed3" / "train.log").read_text()
+        assert "Epoch: 2/2, Iter: 1/1" in train_log and "Epoch: 3/" not in train_log
     (p,) = [p for p in report["paired"] if p["evaluation"] == "test_selected_bundle"]
     assert p["a"] == "mean_teacher" and p["b"] == "supervised" and p["cases"] == 1
     # the last model is the final student: it differs from the selected one unless the best validation was the end

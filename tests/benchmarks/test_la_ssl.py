@@ -48,4 +48,8 @@ def test_arms_differ_only_by_their_overrides(tmp_path: Path):
         assert diff <= set(own) | {"datalist", "fecl_variant"}, (name, diff)
     assert arm_overrides("dycon_paper_eta_ramp", A, dl, sup, tmp_path / "x")["eta_rampup"] == 4  # 40 % of 10
     assert arm_overrides("supervised", A, dl, sup, tmp_path / "x")["datalist"] == str(sup)
+    # 10 iterations validated every 5: the bundle's ids, 2 epochs of 5 iterations validated after each
+    assert {k: base[k] for k in ("max_epochs", "epoch_length", "val_interval")} == {
+        "max_epochs": 2, "epoch_length": 5, "val_interval": 1}
+    assert "max_iterations" not in base
     assert ARMS["supcon"]["loss#fecl#gamma"] == 0.0 and ARMS["supcon"]["loss#fecl#use_hard_negatives"] is False
