@@ -12,9 +12,11 @@ folder, on the one copy of the code. The export ``DST/<bundle_name>/`` holds
 
 * the bundle folder (``LICENSE``, ``configs/``, ``docs/``, ``large_files.yml``, ``models/`` when present; never
   ``eval/`` outputs or ``__pycache__``), unchanged;
-* ``scripts/``: the modules of this package that the bundle uses, byte for byte: the modules its configs name and
-  every module those import, with the ``__init__.py`` of each package on the way (:func:`code_files`). Data
-  preparation, the CLI, the MONAI Label app set-up and this exporter are not part of it.
+* ``scripts/``: the modules of this package that the bundle uses, byte for byte: the modules its configs and its
+  ``docs/*.md`` name (``scripts.engines.MeanTeacherTrainer`` in a config, ``python -m scripts.data.la`` in the
+  README: the bundle carries its own data preparation) and every module those import, with the ``__init__.py`` of
+  each package on the way (:func:`code_files`). The CLI, the MONAI Label app set-up, this exporter and the other
+  datasets' preparation are not part of it.
 
 With ``--zip`` the folder is also written as ``DST/<bundle_name>.zip`` with the bundle folder at the top of the
 archive, as the MONAI model zoo expects. ``model`` copies a ``model.pt`` (a state dict of ``network_def``) to
@@ -93,8 +95,9 @@ def _module_file(parts: tuple[str, ...]) -> Path | None:
 
 
 def config_modules(texts: Iterable[str]) -> set[tuple[str, ...]]:
-    """The modules of the code package that config texts name (``scripts.data.load_split`` -> ``("data",)``: the
-    longest prefix of each dotted name that is a module)."""
+    """The modules of the code package that config (or docs) texts name (``scripts.data.load_split`` ->
+    ``("data",)``, ``python -m scripts.data.la`` -> ``("data", "la")``: the longest prefix of each dotted name that is
+    a module)."""
     found: set[tuple[str, ...]] = {()}
     for text in texts:
         for dotted in _DOTTED.findall(text):
@@ -123,8 +126,9 @@ def _imported(parts: tuple[str, ...], path: Path) -> set[tuple[str, ...]]:
 
 
 def code_files(texts: Iterable[str]) -> list[Path]:
-    """The files of this package (relative paths) that a bundle whose configs read ``texts`` needs: the modules the
-    configs name, everything they import (transitively), and the ``__init__.py`` of every package on the way."""
+    """The files of this package (relative paths) that a bundle whose configs and docs read ``texts`` needs: the
+    modules they name, everything those import (transitively), and the ``__init__.py`` of every package on the
+    way."""
     todo = sorted(config_modules(texts))
     seen: set[tuple[str, ...]] = set()
     while todo:
@@ -207,7 +211,8 @@ def export_bundle(
 
     shutil.copytree(src, out, ignore=_ignore)
     configs = [p for p in sorted((out / "configs").iterdir()) if p.suffix in (".yaml", ".json")]
-    for rel in code_files(p.read_text() for p in configs if p.name != "metadata.json"):
+    docs = sorted((out / "docs").glob("*.md")) if (out / "docs").is_dir() else []
+    for rel in code_files(p.read_text() for p in configs + docs if p.name != "metadata.json"):
         (out / CODE_PACKAGE / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PACKAGE_DIR / rel, out / CODE_PACKAGE / rel)
 

@@ -776,3 +776,21 @@ def synth_brats19(
             rows.append(f"{grade},NA,NA,NA,{case_id}")
         (root / "name_mapping.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return dst_p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of :func:`prepare_brats19`, with the options of ``dycon prepare brats19``:
+    ``python -m scripts.data.brats19 --src RAW --dst PREPARED`` from a bundle folder (``python -m custom.data.brats19`` in
+    the repository). Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    import fire
+
+    module = __spec__.name if __spec__ is not None else "scripts.data.brats19"
+    try:
+        fire.Fire(prepare_brats19, command=None if argv is None else list(argv), name=module)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"python -m {module}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
