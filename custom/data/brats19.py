@@ -779,9 +779,9 @@ def synth_brats19(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_brats19`, with the options of ``dycon prepare brats19``:
-    ``python -m scripts.data.brats19 --src RAW --dst PREPARED`` from a bundle folder (``python -m custom.data.brats19`` in
-    the repository). Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    """Command line of :func:`prepare_brats19`, with the options of ``dycon prepare brats19``: from a bundle folder
+    ``python -m scripts.data.brats19 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.brats19``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
     import fire
 
     module = __spec__.name if __spec__ is not None else "scripts.data.brats19"

@@ -844,9 +844,9 @@ def synth_isles22(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_isles22`, with the options of ``dycon prepare isles22``:
-    ``python -m scripts.data.isles22 --src RAW --dst PREPARED`` from a bundle folder (``python -m custom.data.isles22`` in
-    the repository). Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    """Command line of :func:`prepare_isles22`, with the options of ``dycon prepare isles22``: from a bundle folder
+    ``python -m scripts.data.isles22 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.isles22``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
     import fire
 
     module = __spec__.name if __spec__ is not None else "scripts.data.isles22"

@@ -617,9 +617,9 @@ def synth_la_h5(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_la`, with the options of ``dycon prepare la``:
-    ``python -m scripts.data.la --src RAW --dst PREPARED`` from a bundle folder (``python -m custom.data.la`` in
-    the repository). Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    """Command line of :func:`prepare_la`, with the options of ``dycon prepare la``: from a bundle folder
+    ``python -m scripts.data.la --src RAW --dst PREPARED``, in the repository ``python -m custom.data.la``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
     import fire
 
     module = __spec__.name if __spec__ is not None else "scripts.data.la"

@@ -1116,9 +1116,9 @@ def synth_pancreas(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_pancreas`, with the options of ``dycon prepare pancreas``:
-    ``python -m scripts.data.pancreas --src RAW --dst PREPARED`` from a bundle folder (``python -m custom.data.pancreas`` in
-    the repository). Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    """Command line of :func:`prepare_pancreas`, with the options of ``dycon prepare pancreas``: from a bundle folder
+    ``python -m scripts.data.pancreas --src RAW --dst PREPARED``, in the repository ``python -m custom.data.pancreas``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
     import fire
 
     module = __spec__.name if __spec__ is not None else "scripts.data.pancreas"
