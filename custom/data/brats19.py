@@ -136,7 +136,7 @@ def official_splits(splits: str | os.PathLike[str] | None = None) -> tuple[dict[
     lists: dict[str, list[str]] = {}
     if splits is None:
         origin = "package data custom/data/splits/BraTS2019 (official 250 / 25 / 60 split)"
-        root = resources.files("custom.data").joinpath(*_PACKAGE_SPLITS)
+        root = resources.files(__package__).joinpath(*_PACKAGE_SPLITS)  # custom.data, or scripts.data in a bundle
         with ExitStack() as stack:
             for key, name in SPLIT_FILES.items():
                 path = stack.enter_context(resources.as_file(root.joinpath(name)))
