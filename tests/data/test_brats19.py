@@ -557,3 +557,30 @@ def test_module_entry_point_from_bundle_folder():
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr  # fire writes its help to stderr
     assert "scripts.data.brats19" in out and "--labeled" in out
+
+
+def test_module_entry_point_in_exported_bundle(release: Path, tmp_path: Path):
+    """``dycon export`` carries the bundle's data preparation (with its package split lists):
+    ``python -m scripts.data.brats19`` run from the export, without PYTHONPATH, uses the export's own copy and writes
+    what ``dycon prepare`` writes."""
+    from custom.export import export_bundle
+
+    bundle = export_bundle("dycon_brats19", tmp_path / "dist")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    args = ["--src", str(release), "--labeled", "2"]
+    written = {}
+    runs = (("export", ["scripts.data.brats19"], bundle), ("cli", ["custom", "prepare", "brats19"], REPO))
+    for name, command, cwd in runs:
+        dst = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
+            capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        written[name] = (dst / "datalist.json").read_text()
+    assert written["export"] == written["cli"]
+    proc = subprocess.run(
+        [sys.executable, "-c", "import scripts.data.brats19 as m; print(m.__file__)"],
+        capture_output=True, text=True, cwd=bundle, env=env, timeout=60,
+    )
+    assert Path(proc.stdout.strip()) == bundle / "scripts" / "data" / "brats19.py", proc.stderr
