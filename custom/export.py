@@ -12,9 +12,12 @@ folder, on the one copy of the code. The export ``DST/<bundle_name>/`` holds
 
 * the bundle folder (``LICENSE``, ``configs/``, ``docs/``, ``large_files.yml``, ``models/`` when present; never
   ``eval/`` outputs or ``__pycache__``), unchanged;
-* ``scripts/``: the modules of this package that the bundle uses, byte for byte: the modules its configs name and
-  every module those import, with the ``__init__.py`` of each package on the way (:func:`code_files`). Data
-  preparation, the CLI, the MONAI Label app set-up and this exporter are not part of it.
+* ``scripts/``: the modules of this package that the bundle uses, byte for byte: the modules its configs and its
+  ``docs/*.md`` name (``scripts.engines.MeanTeacherTrainer`` in a config, ``python -m scripts.data.la`` in the
+  README: the bundle carries its own data preparation) and every module those import, with the ``__init__.py`` of
+  each package on the way and the data files those modules read next to them (the official split lists of
+  ``data/splits/<dataset>/``) (:func:`code_files`). The CLI, the MONAI Label app set-up, this exporter and the
+  other datasets' preparation are not part of it.
 
 With ``--zip`` the folder is also written as ``DST/<bundle_name>.zip`` with the bundle folder at the top of the
 archive, as the MONAI model zoo expects. ``model`` copies a ``model.pt`` (a state dict of ``network_def``) to
@@ -93,8 +96,9 @@ def _module_file(parts: tuple[str, ...]) -> Path | None:
 
 
 def config_modules(texts: Iterable[str]) -> set[tuple[str, ...]]:
-    """The modules of the code package that config texts name (``scripts.data.load_split`` -> ``("data",)``: the
-    longest prefix of each dotted name that is a module)."""
+    """The modules of the code package that config (or docs) texts name (``scripts.data.load_split`` ->
+    ``("data",)``, ``python -m scripts.data.la`` -> ``("data", "la")``: the longest prefix of each dotted name that is
+    a module)."""
     found: set[tuple[str, ...]] = {()}
     for text in texts:
         for dotted in _DOTTED.findall(text):
@@ -123,8 +127,9 @@ def _imported(parts: tuple[str, ...], path: Path) -> set[tuple[str, ...]]:
 
 
 def code_files(texts: Iterable[str]) -> list[Path]:
-    """The files of this package (relative paths) that a bundle whose configs read ``texts`` needs: the modules the
-    configs name, everything they import (transitively), and the ``__init__.py`` of every package on the way."""
+    """The files of this package (relative paths) that a bundle whose configs and docs read ``texts`` needs: the
+    modules they name, everything those import (transitively), the ``__init__.py`` of every package on the way, and
+    the data files of those modules (:func:`_package_data`)."""
     todo = sorted(config_modules(texts))
     seen: set[tuple[str, ...]] = set()
     while todo:
@@ -134,7 +139,26 @@ def code_files(texts: Iterable[str]) -> list[Path]:
         seen.add(parts)
         todo += [parts[:i] for i in range(len(parts))]  # parent packages run their __init__.py
         todo += sorted(_imported(parts, _module_file(parts)))
-    return sorted(_module_file(p).relative_to(PACKAGE_DIR) for p in seen)
+    files = {_module_file(p) for p in seen}
+    files |= {f for p in seen for f in _package_data(_module_file(p))}
+    return sorted(f.relative_to(PACKAGE_DIR) for f in files)
+
+
+def _package_data(path: Path) -> list[Path]:
+    """The data files that module ``path`` reads next to it: each folder of its package that is not a package and
+    whose name is a string constant of the module, narrowed to the subfolders that constants name too
+    (``"splits"``, ``"BraTS2019"`` in ``data/brats19.py`` -> the files of ``data/splits/BraTS2019/``)."""
+    names = {n.value for n in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(n, ast.Constant)}
+
+    def named(folder: Path) -> list[Path]:
+        return [
+            d
+            for d in sorted(folder.iterdir())
+            if d.is_dir() and d.name in names and d.name not in _SKIP_DIRS and not (d / "__init__.py").is_file()
+        ]
+
+    folders = [sub for top in named(path.parent) for sub in (named(top) or [top])]
+    return [f for d in folders for f in sorted(d.rglob("*")) if f.is_file() and f.suffix not in _SKIP_SUFFIXES]
 
 
 def _ignore(directory: str, names: list[str]) -> set[str]:
@@ -207,7 +231,8 @@ def export_bundle(
 
     shutil.copytree(src, out, ignore=_ignore)
     configs = [p for p in sorted((out / "configs").iterdir()) if p.suffix in (".yaml", ".json")]
-    for rel in code_files(p.read_text() for p in configs if p.name != "metadata.json"):
+    docs = sorted((out / "docs").glob("*.md")) if (out / "docs").is_dir() else []
+    for rel in code_files(p.read_text() for p in configs + docs if p.name != "metadata.json"):
         (out / CODE_PACKAGE / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PACKAGE_DIR / rel, out / CODE_PACKAGE / rel)
 

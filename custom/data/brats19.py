@@ -136,7 +136,7 @@ def official_splits(splits: str | os.PathLike[str] | None = None) -> tuple[dict[
     lists: dict[str, list[str]] = {}
     if splits is None:
         origin = "package data custom/data/splits/BraTS2019 (official 250 / 25 / 60 split)"
-        root = resources.files("custom.data").joinpath(*_PACKAGE_SPLITS)
+        root = resources.files(__package__).joinpath(*_PACKAGE_SPLITS)  # custom.data, or scripts.data in a bundle
         with ExitStack() as stack:
             for key, name in SPLIT_FILES.items():
                 path = stack.enter_context(resources.as_file(root.joinpath(name)))
@@ -776,3 +776,21 @@ def synth_brats19(
             rows.append(f"{grade},NA,NA,NA,{case_id}")
         (root / "name_mapping.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return dst_p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of :func:`prepare_brats19`, with the options of ``dycon prepare brats19``: from a bundle folder
+    ``python -m scripts.data.brats19 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.brats19``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    import fire
+
+    module = __spec__.name if __spec__ is not None else "scripts.data.brats19"
+    try:
+        fire.Fire(prepare_brats19, command=None if argv is None else list(argv), name=module)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"python -m {module}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

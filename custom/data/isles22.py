@@ -841,3 +841,21 @@ def synth_isles22(
             _sidecar(a_dir / f"{prefix}_{flair_name}.json", SliceThickness=round(f_sp[2], 3))
             _save(mask, root / "derivatives" / case_id / SESSION / f"{prefix}_msk.nii.gz", aff, np.uint16)
     return dst_p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of :func:`prepare_isles22`, with the options of ``dycon prepare isles22``: from a bundle folder
+    ``python -m scripts.data.isles22 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.isles22``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    import fire
+
+    module = __spec__.name if __spec__ is not None else "scripts.data.isles22"
+    try:
+        fire.Fire(prepare_isles22, command=None if argv is None else list(argv), name=module)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"python -m {module}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -614,3 +614,21 @@ def synth_la_h5(
         _write_list(tmp / "train.list", ids[:n_train])
         _write_list(tmp / "test.list", ids[n_train:])
     return dst_p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of :func:`prepare_la`, with the options of ``dycon prepare la``: from a bundle folder
+    ``python -m scripts.data.la --src RAW --dst PREPARED``, in the repository ``python -m custom.data.la``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    import fire
+
+    module = __spec__.name if __spec__ is not None else "scripts.data.la"
+    try:
+        fire.Fire(prepare_la, command=None if argv is None else list(argv), name=module)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"python -m {module}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1113,3 +1113,21 @@ def synth_pancreas(
             img.set_sform(geom.ras_affine, code=1)
             nib.save(img, str(labels / f"label{case_id[-4:]}.nii.gz"))
     return dst_p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line of :func:`prepare_pancreas`, with the options of ``dycon prepare pancreas``: from a bundle folder
+    ``python -m scripts.data.pancreas --src RAW --dst PREPARED``, in the repository ``python -m custom.data.pancreas``.
+    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
+    import fire
+
+    module = __spec__.name if __spec__ is not None else "scripts.data.pancreas"
+    try:
+        fire.Fire(prepare_pancreas, command=None if argv is None else list(argv), name=module)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"python -m {module}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -496,3 +497,42 @@ def test_cli_prepare(nested: Path, tmp_path: Path):
     assert _ids(dl, "training") == TRAIN[:2] and _ids(dl, "unlabeled") == TRAIN[2:]
     assert _ids(dl, "validation") == VAL and _ids(dl, "test") == TEST
     assert "wrote" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------- python -m entry point
+
+
+def test_module_entry_point_matches_cli(nested: Path, tmp_path: Path):
+    """``python -m custom.data.isles22`` (from a bundle folder: ``python -m scripts.data.isles22``) writes the
+    datalist that ``dycon prepare isles22`` writes with the same options; an error is one line, exit status 2."""
+    args = ["--src", str(nested), "--labeled", "2"]
+    written = {}
+    for name, command in (("module", ["custom.data.isles22"]), ("cli", ["custom", "prepare", "isles22"])):
+        dst = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
+            capture_output=True, text=True, cwd=REPO, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(dst / "datalist.json")
+        written[name] = (dst / "datalist.json").read_text()
+    assert written["module"] == written["cli"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom.data.isles22", *args, "--fraction", "0.5", "--dst", str(tmp_path / "bad")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "python -m custom.data.isles22: error: give either labeled (a count) or fraction" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_module_entry_point_from_bundle_folder():
+    """As the bundle's README documents it: from ``bundles/dycon_isles22`` (whose ``scripts`` links to ``custom``)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.data.isles22", "--help"],
+        capture_output=True, text=True, cwd=REPO / "bundles" / "dycon_isles22", env=env, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr  # fire writes its help to stderr
+    assert "scripts.data.isles22" in out and "--labeled" in out
