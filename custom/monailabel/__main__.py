@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     names = ",".join(b.name for b in bundles) or "<bundle>"
     print(f"{app} is ready; start the server with:")
     print(
-        f"  monailabel start_server --app {app} --studies STUDIES --conf models {names} --conf zoo_source github"
-        " --conf sam2 false"
+        f"  python -m monailabel.main start_server --app {app} --studies STUDIES --conf models {names}"
+        " --conf zoo_source github --conf sam2 false"
     )
     return 0
 

@@ -12,12 +12,15 @@
   The app's ``MyApp.init_trainers`` looks ``BundleTrainTask`` up when it runs, so every bundle's trainer becomes a
   :class:`~custom.monailabel.train_task.DyCONBundleTrainTask`: DyCON bundles also train on the unlabeled studies,
   other bundles exactly as before. Inference needs no change (``BundleInferTask`` runs ``inference.yaml``);
-* :func:`copy_bundle` copies a bundle of this repository (or any bundle folder) to ``APP_DIR/model/<name>``, without
-  its ``eval/`` outputs, optionally with weights as ``models/model.pt`` (MONAI Label's inference needs one).
+* :func:`copy_bundle` puts a bundle into ``APP_DIR/model/<name>`` (replacing an earlier copy): a bundle of this
+  repository (its ``scripts`` is the link to this package) as its export (:func:`custom.export.export_bundle`: the
+  bundle folder plus ``scripts/`` with only the modules it uses, byte for byte), any other bundle folder (an export,
+  a model-zoo bundle) as it is; optionally with weights as ``models/model.pt`` (MONAI Label's inference needs one).
 
-The copied bundles use the installed ``custom`` package (``pip install dycon-monai``, as the configs of this
-repository do), not an exported copy: the app itself imports ``custom.monailabel``, and an exported bundle refuses to
-run next to another ``custom`` in the same process.
+Each copied bundle carries its own code as ``scripts/``, the model zoo's way. MONAI Label puts a bundle's folder first
+on ``sys.path`` and unloads any ``scripts`` module before it runs the bundle's inference or training
+(``monailabel/tasks/{infer,train}/bundle.py``), so several bundles, each with its own ``scripts/``, work in one app;
+the app itself imports only ``custom.monailabel`` (the installed package), never a bundle's ``scripts``.
 """
 
 from __future__ import annotations
@@ -74,6 +77,14 @@ def _ignore(_dir: str, names: list[str]) -> set[str]:
     return {n for n in names if n in _SKIP_DIRS or n.endswith((".pyc", ".pyo"))}
 
 
+def _is_repository_bundle(src: Path) -> bool:
+    """``src/scripts`` is (a link to) this package: a bundle that runs on the repository's one copy of the code."""
+    from ..export import PACKAGE_DIR
+
+    scripts = src / "scripts"
+    return scripts.exists() and scripts.resolve() == PACKAGE_DIR
+
+
 def copy_bundle(
     bundle: str | os.PathLike[str],
     app_dir: str | os.PathLike[str],
@@ -81,17 +92,23 @@ def copy_bundle(
     name: str | None = None,
 ) -> Path:
     """Copy ``bundle`` (a name of this repository such as ``dycon_la`` / ``la``, or a bundle folder) to
-    ``app_dir/model/<name>`` (replacing an earlier copy); ``model``: a ``model.pt`` state dict to ship as
-    ``models/model.pt``. Returns the copy."""
-    from ..export import resolve_bundle
+    ``app_dir/model/<name>`` (replacing an earlier copy): a repository bundle as its export (``scripts/`` with the
+    modules it uses, not the whole package the link points to), any other bundle folder as it is (without
+    ``eval/`` outputs and caches); ``model``: a ``model.pt`` state dict to ship as ``models/model.pt``. Returns the
+    copy."""
+    from ..export import export_bundle, resolve_bundle
 
     src = resolve_bundle(bundle)
-    dst = Path(app_dir) / "model" / (name or src.name)
+    dst = Path(app_dir).resolve() / "model" / (name or src.name)
+    if dst == src or src in dst.parents:
+        raise ValueError(f"destination {dst} is inside the bundle {src}")
     if dst.exists():
         if not (dst / "configs" / "metadata.json").is_file():
             raise FileExistsError(f"{dst} exists and is not a bundle: remove it first")
         shutil.rmtree(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if _is_repository_bundle(src):
+        return export_bundle(src, dst.parent, model=model, name=dst.name)
     shutil.copytree(src, dst, ignore=_ignore)
     if model is not None:
         (dst / "models").mkdir(exist_ok=True)

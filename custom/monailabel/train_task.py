@@ -11,8 +11,14 @@ config with ``train#unlabeled#dataset#data``):
 * ``datalist``: a ``datalist.json`` written to ``<output_dir>/monailabel_datalist.json`` with the ``training``,
   ``validation`` and ``unlabeled`` lists of this run, which the bundle's ``initialize`` step checks
   (``custom.data.check_dataset``) and which records what the run was trained on;
-* ``max_iterations = max_epochs * val_interval``, so that the schedules over the whole run (DyCON's beta) match the
-  ``max_epochs`` of the request.
+* ``val_interval`` (epochs between validations) lowered to the request's ``max_epochs`` when it is larger and there
+  is a validation list, so that a training shorter than the bundle's interval still validates once, at its end, and
+  writes ``models/model.pt`` (the bundle saves the model of the best validation; without a validation list it saves
+  the final model itself).
+
+The length of a run needs nothing else: MONAI Label overrides ``train#trainer#max_epochs`` with the request's
+``max_epochs`` (each epoch is the bundle's ``epoch_length`` iterations), and DyCON's schedules (beta) are defined
+over ``@train#trainer#max_epochs * @epoch_length``, so they span the requested run.
 
 Without unlabeled studies (or with ``semi_supervised: false`` in the request) the unlabeled list is empty, the
 bundle's unlabeled loader is ``None`` and :class:`custom.engines.MeanTeacherTrainer` trains supervised only. Any other
@@ -24,20 +30,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
+from monailabel.utils.others.class_utils import unload_module
 from monailabel.utils.others.generic import strtobool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DyCONBundleTrainTask", "UNLABELED_KEY", "DATALIST_NAME"]
+__all__ = ["DyCONBundleTrainTask", "UNLABELED_KEY", "DATALIST_NAME", "VAL_INTERVAL_KEY"]
 
 #: the train config id of DyCON's unlabeled list (its presence marks a DyCON bundle)
 UNLABELED_KEY = "train#unlabeled#dataset#data"
 #: written to the bundle's output_dir by every DyCON run
 DATALIST_NAME = "monailabel_datalist.json"
+#: the train config id of the number of epochs between validations
+VAL_INTERVAL_KEY = "val_interval"
 
 
 class DyCONBundleTrainTask(BundleTrainTask):
@@ -100,11 +112,33 @@ class DyCONBundleTrainTask(BundleTrainTask):
         finally:
             self._unlabeled = None
 
-    def _output_dir(self) -> str:
+    @contextmanager
+    def _bundle_code(self) -> Iterator[None]:
+        """Resolve config ids with this bundle's own ``scripts`` importable (its ``$import scripts...`` lines run on
+        every resolution), as MONAI Label does around a run: the bundle folder first on ``sys.path``, any other
+        bundle's ``scripts`` unloaded before and this one's after."""
+        sys.path.insert(0, self.bundle_path)
+        unload_module("scripts")
         try:
-            out = self.bundle_config.get_parsed_content("output_dir", instantiate=True)
-        except Exception:  # a bundle without output_dir (or one that cannot be resolved yet)
-            out = None
+            yield
+        finally:
+            sys.path.remove(self.bundle_path)
+            unload_module("scripts")
+
+    def _parsed(self, key: str, default: Any = None) -> Any:
+        """The resolved value of config id ``key`` (``default`` when the bundle has none or it cannot be resolved
+        before the run)."""
+        if self.bundle_config.get(key) is None:
+            return default
+        try:
+            with self._bundle_code():
+                return self.bundle_config.get_parsed_content(key, instantiate=True)
+        except Exception as err:  # noqa: BLE001 (an id that only resolves inside the run)
+            logger.warning("DyCON: config id %r of %s not resolved (%s); using %r", key, self.bundle_path, err, default)
+            return default
+
+    def _output_dir(self) -> str:
+        out = self._parsed("output_dir")
         return str(out) if out else os.path.join(self.bundle_path, "eval")
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -128,9 +162,14 @@ class DyCONBundleTrainTask(BundleTrainTask):
         overrides[UNLABELED_KEY] = unlabeled
 
         max_epochs = overrides.get(self.const.key_train_trainer_max_epochs())
-        val_interval = self.bundle_config.get_parsed_content("val_interval", instantiate=True)
-        if max_epochs is not None and val_interval:
-            overrides["max_iterations"] = int(max_epochs) * int(val_interval)
+        val_interval = self._parsed(VAL_INTERVAL_KEY)
+        short = max_epochs is not None and val_interval is not None and int(val_interval) > int(max_epochs) >= 1
+        if validation and short:  # the ValidationHandler runs every val_interval epochs: here it would never run
+            overrides[VAL_INTERVAL_KEY] = int(max_epochs)
+            logger.info(
+                "DyCON: %s %d > max_epochs %d: validating after epoch %d",
+                VAL_INTERVAL_KEY, int(val_interval), int(max_epochs), int(max_epochs),
+            )  # fmt: skip
 
         mode = "semi-supervised training" if unlabeled else f"supervised training ({self._why_supervised})"
         logger.info(

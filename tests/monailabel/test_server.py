@@ -1,17 +1,23 @@
-"""A real MONAI Label 0.8.5 server with the DyCON LA bundle (``custom.monailabel``), driven over HTTP.
+"""A real MONAI Label 0.8.5 server with two DyCON bundles (``custom.monailabel``) in one app, driven over HTTP.
 
 The app is MONAI Label's own ``monaibundle`` sample app (copied from the installed wheel) set up by
-``custom.monailabel.install_into_app``: ``bundles/dycon_la`` in its ``model/`` folder with a tiny network, 32^3
-patches and 2 iterations per epoch, random weights as ``models/model.pt``. The studies folder holds 3 labeled NIfTI
-studies (labels in ``labels/final``) and 2 unlabeled ones, all in a non-RAS, anisotropic geometry.
+``custom.monailabel.install_into_app``: the exports of ``bundles/dycon_la`` and ``bundles/dycon_brats19`` in its
+``model/`` folder, each with its own ``scripts/`` (the modules it uses), a tiny network (a different size for each, so
+that one bundle's weights or config cannot load into the other's network), 32^3 patches, 2 iterations per epoch and
+random weights as ``models/model.pt``. The studies folder holds 3 labeled NIfTI studies (labels in ``labels/final``)
+and 2 unlabeled ones, all in a non-RAS, anisotropic geometry. The server runs this checkout's ``custom`` (PYTHONPATH).
 
 ``monailabel start_server`` (``python -m monailabel.main``) runs on 127.0.0.1 in its own process group with
 ``zoo_source github`` (the local bundle is used, nothing is fetched), ``sam2 false`` and an unreachable HTTP(S)
 proxy, so any outbound request would fail; the group (the server and its training subprocess) is always killed at
-teardown. Over HTTP: inference on a study (shape and affine of the returned label = the study's), a 2-epoch DyCON
-training that must finish and have used the unlabeled studies (its datalist and log), inference with the trained
-model. Without a server: supervised training when the datastore holds no unlabeled study (MONAI Label's own
-``monailabel.interfaces.utils.app`` runner), and the set-up helper's checks.
+teardown. Over HTTP: ``/info/`` lists both bundles; inference with each on a study (shape and affine of the returned
+label = the study's); a 2-epoch DyCON training of the LA bundle that must finish and have used the unlabeled studies
+(its datalist and log), then a 1-epoch training of the BraTS bundle, whose ``val_interval`` of 3 epochs the DyCON
+task lowers so that it still validates and writes ``models/model.pt``; each training must have run its own bundle's
+``scripts`` (a line the test adds to the front of each copy's ``run`` list prints the file of the trainer's training
+step) and left the other bundle's weights alone; inference with each trained model. Without a server: supervised
+training when the datastore holds no unlabeled study (MONAI Label's own ``monailabel.interfaces.utils.app`` runner),
+and the set-up helpers' checks (a repository bundle is copied as its export, any other bundle folder as it is).
 """
 
 from __future__ import annotations
@@ -46,11 +52,22 @@ from custom.monailabel import install_into_app, is_installed  # noqa: E402
 from custom.monailabel.train_task import DATALIST_NAME  # noqa: E402
 from custom.networks import UNet3D  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "dycon_la"
+OTHER = "dycon_brats19"  # the second DyCON bundle of the app
+ZOO = "zoo_toy"  # a model-zoo style bundle (inference only) whose own scripts/ also has a `networks` module
 SMALL_NET = {"features": [4, 8, 16, 32, 64], "embed_dim": 16, "proj_hidden": 32}
-TINY_TRAIN = {"patch_size": [32, 32, 32], "val_interval": 2, "labeled_batch_size": 1, "unlabeled_batch_size": 1,
-              "num_workers": 0}  # fmt: skip
+NETS = {MODEL: SMALL_NET, OTHER: {"features": [2, 4, 8, 16, 32], "embed_dim": 8, "proj_hidden": 16}}
+TINY_TRAIN = {"patch_size": [32, 32, 32], "epoch_length": 2, "val_interval": 1, "labeled_batch_size": 1,
+              "unlabeled_batch_size": 1, "num_workers": 0}  # fmt: skip
+#: per bundle: OTHER validates every 3 epochs, more than its 1-epoch MONAI Label training
+TRAIN_EXTRA = {MODEL: {}, OTHER: {"val_interval": 3}}
 TINY_INFER = {"patch_size": [32, 32, 32], "num_workers": 0, "sw_batch_size": 1}
+#: printed by the first item of each copy's ``run`` list: the file of the training step of the trainer that runs
+#: (no "import" in the expression: MONAI would try to parse it as an import statement)
+TRAINER_MARK = "DYCON-TEST trainer of"
+MARK_RUN = ("$print('" + TRAINER_MARK + "', @bundle_root, 'from', "
+            "type(@train#trainer)._iteration.__code__.co_filename, flush=True)")  # fmt: skip
 SHAPE = (40, 36, 34)
 AFFINE = np.array([[-0.8, 0, 0, 10.0], [0, -0.9, 0, -5.0], [0, 0, 1.2, 3.0], [0, 0, 0, 1]])  # LPS-like, anisotropic
 LABELED = ("case0", "case1", "case2")
@@ -65,6 +82,8 @@ def _env(tmp: Path) -> dict[str, str]:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         "PYTHONUNBUFFERED": "1",
+        # the server imports this checkout's custom (custom.monailabel), not another installed copy
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"),
         # nothing may leave the machine: any outbound HTTP(S) request goes to a closed local port and fails
         "HTTP_PROXY": "http://127.0.0.1:9",
@@ -90,20 +109,70 @@ def _write_studies(studies: Path, names_labeled: tuple[str, ...], names_unlabele
             write_nifti(label, studies / "labels" / "final" / f"{name}.nii.gz", AFFINE, np.uint8)
 
 
-def _make_app(root: Path) -> Path:
-    """The sample app + the LA bundle (tiny settings, random weights) in ``root/app``."""
-    weights = root / "random_model.pt"
-    torch.manual_seed(0)
-    torch.save(UNet3D(in_channels=1, out_channels=2, **SMALL_NET).state_dict(), weights)
-    app = install_into_app(root / "app", [MODEL], model=weights)
-    bundle = app / "model" / MODEL
-    for name, tiny in (("train.yaml", TINY_TRAIN), ("inference.yaml", TINY_INFER)):
-        path = bundle / "configs" / name
-        config = yaml.safe_load(path.read_text())
-        config.update(tiny)
-        config["network_def"].update(SMALL_NET)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+def _make_app(root: Path, models: tuple[str, ...] = (MODEL,)) -> Path:
+    """The sample app + the ``models`` bundles (tiny settings, random weights, the trainer mark) in ``root/app``."""
+    app = install_into_app(root / "app")
+    for i, name in enumerate(models):
+        weights = root / f"random_{name}.pt"
+        torch.manual_seed(i)
+        torch.save(UNet3D(in_channels=1, out_channels=2, **NETS[name]).state_dict(), weights)
+        install_into_app(app, [name], model=weights)
+        bundle = app / "model" / name
+        for config_name, tiny in (("train.yaml", {**TINY_TRAIN, **TRAIN_EXTRA[name]}), ("inference.yaml", TINY_INFER)):
+            path = bundle / "configs" / config_name
+            config = yaml.safe_load(path.read_text())
+            config.update(tiny)
+            config["network_def"].update(NETS[name])
+            if config_name == "train.yaml":
+                config["run"] = [MARK_RUN, *config["run"]]
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
     return app
+
+
+def _write_zoo_bundle(root: Path) -> Path:
+    """``root/zoo_toy``: a minimal model-zoo style bundle (configs, ``scripts/`` of its own, weights), inference only.
+    Its ``scripts.networks`` is not DyCON's (no ``UNet3D``): were it still loaded when a DyCON bundle runs, that bundle
+    could not build its network. After NormalizeIntensityd its 1x1x1 convolution (-x, x) labels the voxels above the
+    image's mean."""
+    bundle = root / ZOO
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "scripts").mkdir()
+    (bundle / "models").mkdir()
+    (bundle / "scripts" / "__init__.py").write_text("")
+    (bundle / "scripts" / "networks.py").write_text(
+        "import torch\n\n\nclass ToyNet(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.conv = torch.nn.Conv3d(1, 2, 1)\n\n"
+        "    def forward(self, x):\n        return self.conv(x)\n"
+    )  # fmt: skip
+    meta = {
+        "version": "0.1.0", "changelog": {"0.1.0": "toy"}, "description": "a toy zoo-style bundle",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": [32, 32, 32]}},
+            "outputs": {"pred": {"type": "image", "num_channels": 2,
+                                 "channel_def": {"0": "background", "1": "foreground"}}},
+        },
+    }  # fmt: skip
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    inference = {
+        "bundle_root": ".",
+        "device": "$torch.device('cpu')",
+        "network_def": {"_target_": "scripts.networks.ToyNet"},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "NormalizeIntensityd", "keys": "image"},
+            {"_target_": "EnsureTyped", "keys": "image"},
+        ]},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+        ]},
+    }  # fmt: skip
+    (bundle / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+    weights = {"conv.weight": torch.tensor([-1.0, 1.0]).reshape(2, 1, 1, 1, 1), "conv.bias": torch.zeros(2)}
+    torch.save(weights, bundle / "models" / "model.pt")
+    return bundle
 
 
 def _free_port() -> int:
@@ -124,9 +193,8 @@ class Server:
     log: Path
     proc: subprocess.Popen
 
-    @property
-    def bundle(self) -> Path:
-        return self.app / "model" / MODEL
+    def bundle(self, name: str = MODEL) -> Path:
+        return self.app / "model" / name
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 120) -> bytes:
         data = json.dumps(body).encode() if body is not None else b""
@@ -165,7 +233,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("monailabel")
-    app = _make_app(root)
+    app = _make_app(root, (MODEL, OTHER))
+    install_into_app(app, [_write_zoo_bundle(root)])  # copied as it is (not a repository bundle)
     studies = root / "studies"
     _write_studies(studies, LABELED, UNLABELED)
     port = _free_port()
@@ -173,7 +242,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cmd = [
         sys.executable, "-m", "monailabel.main", "start_server",
         "--app", str(app), "--studies", str(studies),
-        "--conf", "models", MODEL, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+        "--conf", "models", f"{MODEL},{OTHER},{ZOO}", "--conf", "zoo_source", "github", "--conf", "sam2", "false",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with open(log, "w") as out:
@@ -194,7 +263,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"the MONAI Label server did not answer /info/ within {START_TIMEOUT} s:\n{_tail(log)}")
                 time.sleep(1)
-        assert MODEL in info["models"] and MODEL in info["trainers"], info
+        for name in (MODEL, OTHER):
+            assert name in info["models"] and name in info["trainers"], info
+        assert ZOO in info["models"] and ZOO not in info["trainers"], info  # no train config: inference only
         assert info["datastore"]["total"] == len(LABELED) + len(UNLABELED), info["datastore"]
         yield srv
     finally:
@@ -218,21 +289,10 @@ def _check_label(content: bytes, study: Path, where: Path) -> np.ndarray:
     return data
 
 
-def test_app_uses_dycon_trainer(server: Server) -> None:
-    assert is_installed(server.app)
-    assert "DyCONBundleTrainTask" in server.log.read_text()  # "+++ Adding Trainer:: dycon_la => <...DyCON...>"
-
-
-def test_infer_returns_label_in_study_geometry(server: Server, tmp_path: Path) -> None:
-    content = server.request("POST", f"/infer/{MODEL}?image=case3&output=image")
-    _check_label(content, server.studies / "case3.nii.gz", tmp_path / "case3_label.nii.gz")
-
-
-def test_train_uses_unlabeled_studies(server: Server, tmp_path: Path) -> None:
-    model_pt = server.bundle / "models" / "model.pt"
-    before = model_pt.stat().st_mtime_ns
-    request = {"max_epochs": 2, "val_split": 0.4, "device": "cpu", "multi_gpu": False}
-    task = server.json("POST", f"/train/{MODEL}", request)
+def _train(server: Server, name: str, request: dict) -> str:
+    """``POST /train/<name>``, poll ``GET /train/`` until the task is done; returns the log written meanwhile."""
+    start = server.log.stat().st_size
+    task = server.json("POST", f"/train/{name}", request)
     assert task["status"] in ("SUBMITTED", "RUNNING"), task
     deadline = time.monotonic() + TRAIN_TIMEOUT
     while True:
@@ -240,12 +300,24 @@ def test_train_uses_unlabeled_studies(server: Server, tmp_path: Path) -> None:
         if status["status"] not in ("SUBMITTED", "RUNNING"):
             break
         if time.monotonic() > deadline:
-            pytest.fail(f"training still {status['status']} after {TRAIN_TIMEOUT} s:\n{_tail(server.log)}")
+            pytest.fail(f"training of {name} still {status['status']} after {TRAIN_TIMEOUT} s:\n{_tail(server.log)}")
         time.sleep(1)
     assert status["id"] == task["id"]
     assert status["status"] == "DONE", "\n".join(status.get("details", [])) + "\n" + _tail(server.log)
+    return server.log.read_bytes()[start:].decode(errors="replace")
 
-    datalist = json.loads((server.bundle / "eval" / DATALIST_NAME).read_text())
+
+def _check_own_scripts(log: str, bundle: Path) -> None:
+    """The training whose output is ``log`` ran once, with the trainer class of ``bundle``'s own ``scripts/``."""
+    runs = re.findall(rf"{TRAINER_MARK} (\S+) from (\S+)", log)
+    assert len(runs) == 1, runs
+    root, trainer_file = (Path(p).resolve() for p in runs[0])
+    assert root == bundle.resolve()
+    assert trainer_file == bundle.resolve() / "scripts" / "engines" / "mean_teacher.py"
+
+
+def _check_datalist(server: Server, name: str) -> None:
+    datalist = json.loads((server.bundle(name) / "eval" / DATALIST_NAME).read_text())
     studies = server.studies.resolve()
     unlabeled = [Path(d["image"]) for d in datalist["unlabeled"]]
     assert unlabeled == [studies / f"{n}.nii.gz" for n in UNLABELED]
@@ -255,15 +327,82 @@ def test_train_uses_unlabeled_studies(server: Server, tmp_path: Path) -> None:
     assert all(Path(d["label"]).parent == studies / "labels" / "final" for d in labeled)
     assert len(datalist["validation"]) >= 1  # val_split 0.4 of 3
 
+
+def test_app_uses_dycon_trainer(server: Server) -> None:
+    assert is_installed(server.app)
     log = server.log.read_text()
+    for name in (MODEL, OTHER):  # "+++ Adding Trainer:: dycon_la => <...DyCONBundleTrainTask...>"
+        assert re.search(rf"Adding Trainer:: {name} => .*DyCONBundleTrainTask", log), name
+
+
+def test_bundles_carry_their_own_scripts(server: Server) -> None:
+    """Each DyCON copy is an export: a ``scripts/`` folder of its own with the modules it uses, byte for byte; the zoo
+    bundle keeps its own."""
+    zoo_scripts = sorted(p.name for p in (server.bundle(ZOO) / "scripts").iterdir())
+    assert zoo_scripts == ["__init__.py", "networks.py"]
+    for name in (MODEL, OTHER):
+        scripts = server.bundle(name) / "scripts"
+        assert scripts.is_dir() and not scripts.is_symlink()
+        files = sorted(p.relative_to(scripts) for p in scripts.rglob("*.py"))
+        assert Path("engines/mean_teacher.py") in files and Path("__init__.py") in files
+        assert not (scripts / "monailabel").exists() and not (scripts / "export.py").exists()
+        for rel in files:
+            assert (scripts / rel).read_bytes() == (REPO / "custom" / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("name", [MODEL, ZOO, OTHER])  # a DyCON bundle runs after the zoo bundle's scripts
+def test_infer_returns_label_in_study_geometry(server: Server, tmp_path: Path, name: str) -> None:
+    content = server.request("POST", f"/infer/{name}?image=case3&output=image")
+    label = _check_label(content, server.studies / "case3.nii.gz", tmp_path / "case3_label.nii.gz")
+    if name == ZOO:  # the zoo bundle's own network ran: voxels above the study's mean
+        image = np.asarray(nib.load(str(server.studies / "case3.nii.gz")).dataobj)
+        mean = image.astype(np.float64).mean()
+        differ = label != (image > mean)
+        assert np.all(np.abs(image[differ] - mean) < 1e-4), differ.sum()  # only ties to float precision may differ
+        assert 0 < label.sum() < label.size
+
+
+def test_train_uses_unlabeled_studies(server: Server, tmp_path: Path) -> None:
+    model_pt, other_pt = (server.bundle(n) / "models" / "model.pt" for n in (MODEL, OTHER))
+    before, other_before = model_pt.stat().st_mtime_ns, other_pt.stat().st_mtime_ns
+    log = _train(server, MODEL, {"max_epochs": 2, "val_split": 0.4, "device": "cpu", "multi_gpu": False})
+    _check_datalist(server, MODEL)
+    _check_own_scripts(log, server.bundle(MODEL))
+
     assert "DyCON semi-supervised training: 2 labeled, 1 validation, 2 unlabeled studies" in log
     assert "Epoch[2] Complete" in log and "MeanTeacherTrainer" in log
+    assert "validating after epoch" not in log  # val_interval 1 <= max_epochs: left as it is
     parts = _loss_parts(log)  # the unlabeled branch ran: the consistency (UnCL) / contrastive (FeCL) terms are > 0
-    assert len(parts["uncl"]) == 4 and all(v > 0 for v in parts["uncl"] + parts["fecl"]), parts
+    assert len(parts["uncl"]) == 4 and all(v > 0 for v in parts["uncl"] + parts["fecl"]), parts  # 2 epochs x 2
     assert model_pt.stat().st_mtime_ns > before  # the best model of the validation replaced the weights
+    assert other_pt.stat().st_mtime_ns == other_before  # the other bundle's weights are untouched
+    UNet3D(in_channels=1, out_channels=2, **NETS[MODEL]).load_state_dict(torch.load(model_pt, weights_only=True))
 
     # the app reloads the new weights for inference
     content = server.request("POST", f"/infer/{MODEL}?image=case4&output=image")
+    _check_label(content, server.studies / "case4.nii.gz", tmp_path / "case4_label.nii.gz")
+
+
+def test_train_second_bundle_validates_short_run(server: Server, tmp_path: Path) -> None:
+    """The second bundle of the app trains after the first, with its own code; its val_interval (3 epochs) exceeds
+    the request's max_epochs (1), so the DyCON task validates after epoch 1 and models/model.pt is written."""
+    model_pt, other_pt = (server.bundle(n) / "models" / "model.pt" for n in (OTHER, MODEL))
+    before, other_before = model_pt.stat().st_mtime_ns, other_pt.stat().st_mtime_ns
+    log = _train(server, OTHER, {"max_epochs": 1, "val_split": 0.4, "device": "cpu", "multi_gpu": False})
+    _check_datalist(server, OTHER)
+    _check_own_scripts(log, server.bundle(OTHER))
+
+    assert "DyCON semi-supervised training: 2 labeled, 1 validation, 2 unlabeled studies" in log
+    assert "DyCON: val_interval 3 > max_epochs 1: validating after epoch 1" in log
+    assert "Epoch[1] Complete" in log and "Epoch[2]" not in log
+    assert re.search(r"Epoch\[1\] Metrics -- .*val_mean_dice", log), log[-3000:]  # the validation ran
+    parts = _loss_parts(log)
+    assert len(parts["uncl"]) == 2 and all(v > 0 for v in parts["uncl"] + parts["fecl"]), parts  # 1 epoch x 2
+    assert model_pt.stat().st_mtime_ns > before  # written by the validation's CheckpointSaver
+    assert other_pt.stat().st_mtime_ns == other_before
+    UNet3D(in_channels=1, out_channels=2, **NETS[OTHER]).load_state_dict(torch.load(model_pt, weights_only=True))
+
+    content = server.request("POST", f"/infer/{OTHER}?image=case4&output=image")
     _check_label(content, server.studies / "case4.nii.gz", tmp_path / "case4_label.nii.gz")
 
 
@@ -319,7 +458,36 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(tmp_path / "app"), "--bundles", MODEL]) == 0
     bundle = tmp_path / "app" / "model" / MODEL
     assert (bundle / "configs" / "train.yaml").is_file() and not (bundle / "eval").exists()
+    scripts = bundle / "scripts"  # the export's scripts/, not the link (nor all of custom/ behind it)
+    assert (scripts / "engines" / "mean_teacher.py").is_file() and not scripts.is_symlink()
+    assert not (scripts / "monailabel").exists() and not (scripts / "cli.py").exists()
     out = capsys.readouterr().out
     assert "no model.pt" in out and f"--conf models {MODEL} --conf zoo_source github --conf sam2 false" in out
     assert main([str(tmp_path / "app"), "--bundles", "no_such_bundle"]) == 2
     assert "dycon: error: no bundle 'no_such_bundle'" in capsys.readouterr().err
+
+
+def test_copy_bundle_keeps_other_bundles_as_they_are(tmp_path: Path) -> None:
+    """A bundle folder that is not one of this repository's (an export, a model-zoo bundle with its own scripts/) is
+    copied as it is; a copy replaces an earlier one."""
+    from custom.monailabel import copy_bundle
+
+    src = tmp_path / "zoo_bundle"
+    (src / "configs").mkdir(parents=True)
+    (src / "configs" / "metadata.json").write_text('{"version": "0.1.0", "changelog": {"0.1.0": "x"}}')
+    (src / "configs" / "inference.json").write_text('{"network_def": {"_target_": "scripts.net.Net"}}')
+    (src / "scripts").mkdir()
+    (src / "scripts" / "__init__.py").write_text("")
+    (src / "scripts" / "net.py").write_text("class Net: ...\n")
+    (src / "eval").mkdir()
+    (src / "eval" / "out.txt").write_text("an output")
+    app = tmp_path / "app"
+    for _ in range(2):
+        dst = copy_bundle(src, app)
+        assert dst == (app / "model" / "zoo_bundle").resolve()
+        files = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+        assert files == ["configs/inference.json", "configs/metadata.json", "scripts/__init__.py", "scripts/net.py"]
+        assert (dst / "scripts" / "net.py").read_text() == "class Net: ...\n"
+    (app / "model" / "not_a_bundle").mkdir()
+    with pytest.raises(FileExistsError, match="is not a bundle"):
+        copy_bundle(src, app, name="not_a_bundle")
