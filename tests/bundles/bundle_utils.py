@@ -5,8 +5,9 @@ Every bundle is driven through ``python -m monai.bundle`` in a subprocess from i
 ``scripts.<module>.<name>``, importable), exactly as a user types it, with a shrunk network
 (``--network_def#features [4,8,16,32,64]`` ...), small patches and its outputs redirected to pytest's tmp dirs.
 ``Bundle("dycon_la")`` binds the commands to one bundle folder; the ``check_*`` functions assert on what the
-commands wrote (model.pt, training checkpoints, metrics files, predictions in the input's geometry). In-process parsing of the configs (``ConfigParser``, ``ConfigWorkflow``) goes through
-:func:`bundle_on_path`, which makes ``scripts`` importable the way MONAI Label does.
+commands wrote (model.pt, training checkpoints, metrics files, predictions in the input's geometry). In-process
+parsing of the configs (``ConfigParser``, ``ConfigWorkflow``) goes through :func:`bundle_on_path`, which makes
+``scripts`` importable the way MONAI Label does.
 
 Imported as ``from bundle_utils import ...``: tests/ has no ``__init__.py`` and pytest's default ``prepend`` import
 mode puts the test file's folder on ``sys.path``.
