@@ -6,6 +6,7 @@ True / False as booleans); every boolean option must still mean what it says.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ from custom.engines import MeanTeacherTrainer
 from custom.flags import as_bool
 from custom.losses import DyCONLoss, FeCLLoss
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent / "bundles"))  # as pytest does for tests/bundles/test_*.py
+from bundle_utils import Bundle  # noqa: E402
+
 BUNDLES = ["dycon_la", "dycon_brats19", "dycon_pancreas", "dycon_isles22"]
 
 
@@ -50,9 +53,10 @@ def test_components_read_strings():
 
 
 def _parser(bundle: str, *configs: str, **overrides) -> ConfigParser:
+    b = Bundle(bundle)
     parser = ConfigParser()
-    parser.read_config([str(REPO / "bundles" / bundle / "configs" / c) for c in configs])
-    parser.update({"dataset_dir": "/nonexistent", "bundle_root": str(REPO / "bundles" / bundle), **overrides})
+    parser.read_config([str(b.path(f"configs/{c}")) for c in configs])
+    parser.update({"dataset_dir": "/nonexistent", "bundle_root": str(b.root), **overrides})
     return parser
 
 
@@ -66,8 +70,15 @@ def _disabled(parser: ConfigParser, section: str, target: str) -> list[bool]:
     return out
 
 
+@pytest.fixture
+def on_path(bundle: str):
+    """The configs' scripts.<module>.<name>: the bundle folder on sys.path while the test parses them."""
+    with Bundle(bundle).on_path():
+        yield
+
+
 @pytest.mark.parametrize("bundle", BUNDLES)
-def test_bundle_flags_as_strings(bundle: str):
+def test_bundle_flags_as_strings(bundle: str, on_path):
     # --resume false / true
     assert _disabled(_parser(bundle, "train.yaml", resume="false"), "train#handlers", "TrainingCheckpointLoader") == [True]
     assert _disabled(_parser(bundle, "train.yaml", resume="true"), "train#handlers", "TrainingCheckpointLoader") == [False]

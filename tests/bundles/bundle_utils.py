@@ -1,10 +1,13 @@
 """Helpers shared by the end-to-end bundle tests (``tests/bundles/test_dycon_*.py``).
 
-Every bundle is driven through ``python -m monai.bundle`` in a subprocess from the repository root, exactly as a user
-types it, with a shrunk network (``--network_def#features [4,8,16,32,64]`` ...), small patches and its outputs
-redirected to pytest's tmp dirs. ``Bundle("dycon_la")`` binds the commands to one bundle folder; the ``check_*``
-functions assert on what the commands wrote (model.pt, training checkpoints, metrics files, predictions in the
-input's geometry).
+Every bundle is driven through ``python -m monai.bundle`` in a subprocess from its own folder (the model zoo's way:
+``python -m`` puts the working directory on ``sys.path``, which makes the bundle's ``scripts`` package, the configs'
+``scripts.<module>.<name>``, importable), exactly as a user types it, with a shrunk network
+(``--network_def#features [4,8,16,32,64]`` ...), small patches and its outputs redirected to pytest's tmp dirs.
+``Bundle("dycon_la")`` binds the commands to one bundle folder; the ``check_*`` functions assert on what the
+commands wrote (model.pt, training checkpoints, metrics files, predictions in the input's geometry). In-process
+parsing of the configs (``ConfigParser``, ``ConfigWorkflow``) goes through :func:`bundle_on_path`, which makes
+``scripts`` importable the way MONAI Label does.
 
 Imported as ``from bundle_utils import ...``: tests/ has no ``__init__.py`` and pytest's default ``prepend`` import
 mode puts the test file's folder on ``sys.path``.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import json
 import logging
 import math
@@ -44,8 +48,9 @@ NET_ARGS = [
 ]  # fmt: skip
 PATCH = "[32,32,32]"
 METRICS = ("dice", "iou", "hd95_mm", "asd_mm", "hd95_voxel", "asd_voxel")
-TRAIN_ITERS = 4
-VAL_INTERVAL = 2
+EPOCH_LENGTH = 2  # iterations per epoch (--epoch_length)
+TRAIN_EPOCHS = 2  # --max_epochs
+TRAIN_ITERS = TRAIN_EPOCHS * EPOCH_LENGTH  # 4 iterations, a validation after each epoch (--val_interval 1)
 
 ENV = {
     **os.environ,
@@ -66,11 +71,11 @@ def free_port() -> int:
 
 
 
-def run(*args: str | Path, log: Path | None = None, timeout: int = 600) -> str:
-    """``python <args>`` from the repository root; fails the test (with the output's tail) on a non-zero status.
-    Returns stdout + stderr (also written to ``log``)."""
+def run(*args: str | Path, log: Path | None = None, timeout: int = 600, cwd: Path = REPO) -> str:
+    """``python <args>`` in ``cwd`` (the repository root unless told); fails the test (with the output's tail) on a
+    non-zero status. Returns stdout + stderr (also written to ``log``)."""
     cmd = [sys.executable, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     if log is not None:
         log.write_text(out)
@@ -79,38 +84,86 @@ def run(*args: str | Path, log: Path | None = None, timeout: int = 600) -> str:
     return out
 
 
+@contextlib.contextmanager
+def bundle_on_path(root: str | Path) -> Iterator[None]:
+    """Parse a bundle's configs in this process: ``root`` (a bundle folder) first on ``sys.path`` so that the
+    configs' ``scripts`` is that bundle's package (what MONAI Label does: ``sys.path.insert(0, bundle_path);
+    unload_module("scripts")``). ``scripts`` / ``scripts.*`` are dropped from ``sys.modules`` before (another
+    bundle's, or the repository's ``scripts/`` folder as a namespace package) and after; ``sys.path`` is restored.
+    Objects parsed inside keep their classes (``scripts.<module>.<name>``, other module objects than
+    ``custom.<module>``): compare with classes imported inside the block, e.g. :func:`scripts_attr`."""
+
+    def unload() -> None:
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[name]
+
+    saved = sys.path[:]
+    unload()
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+        unload()
+
+
+def scripts_attr(module: str, name: str) -> Any:
+    """``scripts.<module>.<name>`` as the configs parsed inside :func:`bundle_on_path` see it."""
+    obj = importlib.import_module(f"scripts.{module}")
+    assert Path(obj.__file__).resolve().is_relative_to(REPO / "custom"), obj.__file__  # the bundle's link to custom/
+    return getattr(obj, name)
+
+
 class Bundle:
     """The config files of ``bundles/<name>`` and the ``monai.bundle`` commands on them (small network, small
-    patches, all outputs under the given folders)."""
+    patches, all outputs under the given folders), run from the bundle folder as the model zoo does. The config
+    attributes are relative to the bundle folder (``configs/train.yaml``); :meth:`path` makes them absolute."""
 
     def __init__(self, name: str):
         self.name = name
-        self.rel = f"bundles/{name}"  # as typed from the repository root (the subprocesses run there)
-        self.root = REPO / self.rel
-        self.train_yaml = f"{self.rel}/configs/train.yaml"
-        self.evaluate_yaml = f"{self.rel}/configs/evaluate.yaml"
-        self.inference_yaml = f"{self.rel}/configs/inference.yaml"
-        self.metadata = f"{self.rel}/configs/metadata.json"
-        self.logging_conf = f"{self.rel}/configs/logging.conf"
+        self.rel = f"bundles/{name}"  # the bundle folder, relative to the repository root
+        self.root = REPO / self.rel  # the subprocesses' working directory
+        self.train_yaml = "configs/train.yaml"
+        self.evaluate_yaml = "configs/evaluate.yaml"
+        self.inference_yaml = "configs/inference.yaml"
+        self.multi_gpu_yaml = "configs/multi_gpu_train.yaml"
+        self.metadata = "configs/metadata.json"
+        self.logging_conf = "configs/logging.conf"
+
+    def path(self, rel: str) -> Path:
+        """A file of the bundle (``configs/train.yaml``, ``self.train_yaml``) as an absolute path."""
+        return self.root / rel
+
+    def run(self, *args: str | Path, log: Path | None = None, timeout: int = 600) -> str:
+        """``python <args>`` from the bundle folder (see :func:`run`)."""
+        return run(*args, log=log, timeout=timeout, cwd=self.root)
+
+    def on_path(self) -> contextlib.AbstractContextManager[None]:
+        """:func:`bundle_on_path` of this bundle."""
+        return bundle_on_path(self.root)
 
     def train(
         self,
         dataset_dir: Path,
         out: Path,
         *extra: str,
-        max_iterations: int = TRAIN_ITERS,
-        val_interval: int = VAL_INTERVAL,
+        max_epochs: int = TRAIN_EPOCHS,
+        epoch_length: int = EPOCH_LENGTH,
+        val_interval: int = 1,
         log: Path,
     ) -> str:
-        """train.yaml; ``out/eval`` = --output_dir (logs, training checkpoints), ``out/models`` = --ckpt_dir."""
-        return run(
+        """train.yaml, ``max_epochs`` x ``epoch_length`` iterations, a validation every ``val_interval`` epochs;
+        ``out/eval`` = --output_dir (logs, training checkpoints), ``out/models`` = --ckpt_dir."""
+        return self.run(
             "-m", "monai.bundle", "run",
-            "--bundle_root", self.rel,
+            "--bundle_root", ".",
             "--config_file", self.train_yaml,
             "--dataset_dir", dataset_dir,
             "--output_dir", out / "eval",
             "--ckpt_dir", out / "models",
-            "--max_iterations", str(max_iterations),
+            "--max_epochs", str(max_epochs),
+            "--epoch_length", str(epoch_length),
             "--val_interval", str(val_interval),
             "--patch_size", PATCH,
             "--labeled_batch_size", "1",
@@ -122,9 +175,9 @@ class Bundle:
 
     def evaluate(self, dataset_dir: Path, out: Path, *extra: str, log: Path) -> str:
         """train.yaml + evaluate.yaml with the model of ``out/models``; metrics and predictions in ``out/eval``."""
-        return run(
+        return self.run(
             "-m", "monai.bundle", "run",
-            "--bundle_root", self.rel,
+            "--bundle_root", ".",
             "--config_file", f"['{self.train_yaml}','{self.evaluate_yaml}']",
             "--dataset_dir", dataset_dir,
             "--output_dir", out / "eval",
@@ -137,9 +190,9 @@ class Bundle:
 
     def infer(self, input_path: Path, pred_dir: Path, ckpt: Path, *extra: str, log: Path) -> str:
         """inference.yaml on a file, folder or datalist.json; masks and probabilities into ``pred_dir``."""
-        return run(
+        return self.run(
             "-m", "monai.bundle", "run",
-            "--bundle_root", self.rel,
+            "--bundle_root", ".",
             "--config_file", self.inference_yaml,
             "--input_path", input_path,
             "--output_dir", pred_dir,
@@ -154,11 +207,11 @@ class Bundle:
     def verify_net_in_out(self, *extra: str) -> str:
         """``verify_net_in_out`` of the inference network (default size) against metadata.json. ``--n 2``: the
         metadata's "16*n" with the default n=1 means a 16^3 input, whose 1x1x1 bottleneck InstanceNorm rejects."""
-        return run(
+        return self.run(
             "-m", "monai.bundle", "verify_net_in_out", "network_def",
             "--meta_file", self.metadata,
             "--config_file", self.inference_yaml,
-            "--bundle_root", self.rel,
+            "--bundle_root", ".",
             "--device", "cpu",
             "--n", "2",
             *extra,
@@ -166,40 +219,43 @@ class Bundle:
 
     def ckpt_export(self, ts_path: Path, ckpt: Path, *extra: str) -> str:
         """TorchScript export of ``ckpt`` (a state dict of the small network) with the bundle's metadata."""
-        return run(
+        return self.run(
             "-m", "monai.bundle", "ckpt_export", "network_def",
             "--filepath", ts_path,
             "--ckpt_file", ckpt,
             "--meta_file", self.metadata,
             "--config_file", self.inference_yaml,
-            "--bundle_root", self.rel,
+            "--bundle_root", ".",
             "--key_in_ckpt", "",
             *NET_ARGS, *extra,
         )  # fmt: skip
 
     def output_snapshot(self) -> set[str]:
-        """The files below the bundle's default output folders (``eval/``, ``models/``)."""
-        return {
-            str(p.relative_to(self.root))
-            for sub in ("eval", "models")
-            for p in (self.root / sub).rglob("*")
-            if "__pycache__" not in p.parts
-        }
+        """Every file of the bundle folder (configs, docs, and the default output folders ``eval/``, ``models/``),
+        without ``scripts`` (the link to custom/) and ``__pycache__``: the commands run from this folder must leave
+        it as it was."""
+        files = set()
+        for folder, dirs, names in os.walk(self.root):  # does not follow the scripts link
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not (Path(folder) / d).is_symlink()]
+            files.update(str((Path(folder) / n).relative_to(self.root)) for n in names)
+        return files
 
     @contextlib.contextmanager
     def workflow(self, workflow_type: str, **overrides: Any) -> Iterator[Any]:
         """An initialised ``ConfigWorkflow`` of train.yaml (``"train"``) or inference.yaml (``"infer"``) with the
-        bundle's metadata and logging config; the root logger and the global RNG seeding are restored afterwards."""
+        bundle's metadata and logging config, parsed with the bundle on ``sys.path`` (:func:`bundle_on_path`, for
+        the whole block: properties are parsed lazily); the root logger and the global RNG seeding are restored
+        afterwards."""
         from monai.bundle import ConfigWorkflow
         from monai.utils import set_determinism
 
         config = {"train": self.train_yaml, "infer": self.inference_yaml}[workflow_type]
-        with logging_restored():
+        with logging_restored(), self.on_path():
             workflow = ConfigWorkflow(
                 workflow_type=workflow_type,
-                config_file=str(REPO / config),
-                meta_file=str(REPO / self.metadata),
-                logging_file=str(REPO / self.logging_conf),
+                config_file=str(self.path(config)),
+                meta_file=str(self.path(self.metadata)),
+                logging_file=str(self.path(self.logging_conf)),
                 **overrides,
             )
             try:
@@ -212,7 +268,8 @@ class Bundle:
     def checked_workflow(self, workflow_type: str, dataset: Path, model: Path, tmp_path: Path) -> Iterator[Any]:
         """:meth:`workflow` on CPU with ``dataset`` (and ``model`` for inference), after the checks every bundle
         shares: ``check_properties()`` finds nothing missing, dataset_dir / bundle_root are as given, and training
-        keeps the configs' defaults of 20000 iterations validated every 200."""
+        keeps the configs' defaults: 100 epochs of 200 iterations (the released 20000 iterations, the total of the
+        beta schedule), a validation after every epoch."""
         overrides = {
             "bundle_root": str(self.root),
             "dataset_dir": str(dataset),
@@ -230,8 +287,30 @@ class Bundle:
             assert workflow.dataset_dir == str(dataset)
             assert workflow.bundle_root == str(self.root)
             if workflow_type == "train":
-                assert workflow.max_epochs == -(-20000 // 200)  # the config's defaults: 20000 iterations, val every 200
+                check_training_length(workflow)
             yield workflow
+
+
+def check_training_length(workflow: Any) -> None:
+    """The configs' defaults on an initialised training ``ConfigWorkflow``: 100 epochs x 200 iterations = 20000
+    (the trainer's state and the beta schedule's total), ValidationHandler every ``@val_interval`` = 1 epoch."""
+    from monai.handlers import ValidationHandler
+
+    parser = workflow.parser
+    assert workflow.max_epochs == 100
+    assert (parser["max_epochs"], parser["epoch_length"], parser["val_interval"]) == (100, 200, 1)
+    state = workflow.trainer.state
+    assert (state.max_epochs, state.epoch_length) == (100, 200)
+    handlers = parser["train#handlers"]
+    validation = [i for i, h in enumerate(handlers) if h.get("_target_") == "ValidationHandler"]
+    assert len(validation) == 1, handlers
+    assert handlers[validation[0]]["interval"] == "@val_interval" and handlers[validation[0]]["epoch_level"] is True
+    parsed = parser.get_parsed_content("train#handlers")  # disabled items are left out
+    validators = [h for h in parsed if isinstance(h, ValidationHandler)]
+    if validators:  # disabled without a validation list
+        assert [(v.interval, v.epoch_level) for v in validators] == [(1, True)]
+    betas = [h for h in parsed if getattr(h, "name", None) == "beta"]
+    assert len(betas) == 1 and betas[0].schedule.total_steps == 20000
 
 
 @contextlib.contextmanager

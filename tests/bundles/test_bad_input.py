@@ -1,9 +1,9 @@
 """Bad input through ``python -m monai.bundle run`` of the LA bundle: a non-zero exit, one clear message naming the
-file and the problem (raised by ``custom.data.check_dataset``, the first ``initialize`` step), and no output written
-(neither --output_dir nor --ckpt_dir is created).
+file and the problem (raised by ``scripts.data.check_dataset``, the first ``initialize`` step), and no output written
+(neither --output_dir nor --ckpt_dir is created). Run from the bundle folder, as users do.
 
 MONAI wraps an exception of a config expression in ``RuntimeError: Failed to evaluate ConfigExpression ...``; the
-bundles install ``custom.errors.install_excepthook`` first, so the user sees one line ``dycon: error: <message>``
+bundles install ``scripts.errors.install_excepthook`` first, so the user sees one line ``dycon: error: <message>``
 and no traceback (``DYCON_TRACEBACK=1`` brings it back).
 In-process cases: tests/data/test_validation.py; preparation-side cases: tests/data/test_{la,pancreas,brats19}.py.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_utils import ENV, REPO, Bundle
+from bundle_utils import ENV, Bundle
 
 LA = Bundle("dycon_la")
 SHAPE = (16, 16, 12)
@@ -108,7 +108,7 @@ def test_bad_input_fails_cleanly(tiny: Path, tmp_path: Path, case: str):
     out_dir, ckpt_dir = tmp_path / "out" / "eval", tmp_path / "out" / "models"
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--bundle_root", LA.rel,
+        "--bundle_root", ".",
         "--config_file", LA.train_yaml,
         "--dataset_dir", str(ds),
         "--output_dir", str(out_dir),
@@ -117,7 +117,7 @@ def test_bad_input_fails_cleanly(tiny: Path, tmp_path: Path, case: str):
         "--num_workers", "0",
         *extra,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=LA.root, env=ENV, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
     last = _error_line(out)
@@ -132,14 +132,14 @@ def test_evaluate_checks_test_list(tiny: Path, tmp_path: Path):
     _write_nifti(ds / "labels" / "c2.nii.gz", _three)
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
-        "--bundle_root", LA.rel,
+        "--bundle_root", ".",
         "--config_file", f"['{LA.train_yaml}','{LA.evaluate_yaml}']",
         "--dataset_dir", str(ds),
         "--output_dir", str(tmp_path / "out" / "eval"),
         "--ckpt_dir", str(tmp_path / "out" / "models"),
         "--num_workers", "0",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=LA.root, env=ENV, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert re.search(r"labels/c2\.nii\.gz: label values 3 outside", _error_line(out)), out[-3000:]
@@ -149,10 +149,10 @@ def test_evaluate_checks_test_list(tiny: Path, tmp_path: Path):
 def test_full_traceback_on_request(tiny: Path, tmp_path: Path):
     """DYCON_TRACEBACK=1 keeps MONAI's chained traceback, with our exception at its origin."""
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "--bundle_root", LA.rel, "--config_file", LA.train_yaml,
+        sys.executable, "-m", "monai.bundle", "run", "--bundle_root", ".", "--config_file", LA.train_yaml,
         "--dataset_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out"), "--num_workers", "0",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, env={**ENV, "DYCON_TRACEBACK": "1"}, capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=LA.root, env={**ENV, "DYCON_TRACEBACK": "1"}, capture_output=True, text=True,
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" in out and "FileNotFoundError" in out

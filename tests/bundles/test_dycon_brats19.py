@@ -4,9 +4,9 @@ A synthetic raw release (``custom.data.brats19.synth_brats19``: 7 tiny cases who
 4 of train.txt, 1 of val.txt, 2 of test.txt) is prepared with the CLI (``python -m custom prepare brats19
 --labeled 2``) once as FLAIR (1 channel) and once with ``--modalities all`` (4 channels, (X, Y, Z, 4) NIfTI). Then:
 
-* 1 channel: train (4 iterations, validation on val.txt every 2: model.pt = best validation Dice) -> evaluate (on
-  test.txt: one CSV row per test case, metrics in range, predictions in the label's geometry) -> infer (masks and
-  probabilities with the input's shape and affine, values {0, 1});
+* 1 channel: train (4 iterations, 2 epochs of 2, validation on val.txt after each: model.pt = best validation
+  Dice) -> evaluate (on test.txt: one CSV row per test case, metrics in range, predictions in the label's geometry)
+  -> infer (masks and probabilities with the input's shape and affine, values {0, 1});
 * 4 channels (``--in_channels 4`` on every command): train -> evaluate -> infer, same checks on the spatial shape;
 * ``verify_net_in_out`` (1 and 4 channels), ``ConfigWorkflow.check_properties()`` for train and inference, the
   configs' defaults (96^3 patch, 1 channel, brain z-score, validation on val.txt, evaluation on test.txt).
@@ -25,7 +25,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 from bundle_utils import (
-    REPO,
     TRAIN_ITERS,
     Bundle,
     case_name,
@@ -48,7 +47,7 @@ N_IDS = {"training": 4, "validation": 1, "test": 2}  # taken from the head of tr
 
 @pytest.fixture(scope="module", autouse=True)
 def bundle_folder_snapshot():
-    """The files below bundles/dycon_brats19/{eval,models} before this module ran (the bundle's default outputs)."""
+    """The files of bundles/dycon_brats19 before this module ran (configs, docs, default outputs eval/, models/)."""
     before = BRATS.output_snapshot()
     yield BRATS.output_snapshot, before
 
@@ -96,7 +95,8 @@ def _prepare_and_train(tmp_path_factory: pytest.TempPathFactory, raw: Path, in_c
 
 @pytest.fixture(scope="module")
 def flair(tmp_path_factory: pytest.TempPathFactory, raw: Path) -> Run:
-    """FLAIR only (the paper's setting): prepare -> 4 training iterations, validation on val.txt every 2."""
+    """FLAIR only (the paper's setting): prepare -> 4 training iterations, validation on val.txt after each epoch of
+    2."""
     return _prepare_and_train(tmp_path_factory, raw, 1)
 
 
@@ -154,21 +154,22 @@ def test_config_defaults():
 
     for name in ("train_yaml", "inference_yaml"):
         parser = ConfigParser()
-        parser.read_config(str(REPO / getattr(BRATS, name)))
+        parser.read_config(str(BRATS.path(getattr(BRATS, name))))
         assert parser["dataset_dir"] == "/workspace/data/BraTS2019"
         assert parser["patch_size"] == [96, 96, 96]
         assert parser["in_channels"] == 1
         assert parser["normalize_nonzero"] is True
         assert parser["network_def"]["in_channels"] == "@in_channels"
     parser = ConfigParser()
-    parser.read_config(str(REPO / BRATS.train_yaml))
+    parser.read_config(str(BRATS.path(BRATS.train_yaml)))
     assert (parser["labeled_batch_size"], parser["unlabeled_batch_size"]) == (4, 4)
-    assert (parser["max_iterations"], parser["val_interval"]) == (20000, 200)
+    # 20000 iterations (100 epochs of 200), validated after every epoch
+    assert (parser["max_epochs"], parser["epoch_length"], parser["val_interval"]) == (100, 200, 1)
     assert "'validation'" in parser["validate"]["dataset"]["data"]  # val.txt selects the checkpoint
-    parser.read_config([str(REPO / BRATS.train_yaml), str(REPO / BRATS.evaluate_yaml)])
+    parser.read_config([str(BRATS.path(BRATS.train_yaml)), str(BRATS.path(BRATS.evaluate_yaml))])
     assert "'test'" in parser["validate#dataset#data"]  # evaluate.yaml: test.txt
     assert parser["keep_largest_component"] is True
-    meta = json.loads((REPO / BRATS.metadata).read_text())
+    meta = json.loads(BRATS.path(BRATS.metadata).read_text())
     assert meta["version"] in meta["changelog"]
     image = meta["network_data_format"]["inputs"]["image"]
     assert (image["modality"], image["num_channels"], image["channel_def"]) == ("MR", 1, {"0": "FLAIR"})
@@ -259,15 +260,16 @@ def test_verify_net_in_out(in_channels: int):
     from monai.bundle import verify_net_in_out
 
     extra = {} if in_channels == 1 else {"in_channels": 4, "_meta_#network_data_format#inputs#image#num_channels": 4}
-    verify_net_in_out(
-        net_id="network_def",
-        meta_file=str(REPO / BRATS.metadata),
-        config_file=str(REPO / BRATS.inference_yaml),
-        bundle_root=str(BRATS.root),
-        device="cpu",
-        n=2,
-        **extra,
-    )
+    with BRATS.on_path():  # the configs' scripts.<module>.<name>
+        verify_net_in_out(
+            net_id="network_def",
+            meta_file=str(BRATS.path(BRATS.metadata)),
+            config_file=str(BRATS.path(BRATS.inference_yaml)),
+            bundle_root=str(BRATS.root),
+            device="cpu",
+            n=2,
+            **extra,
+        )
 
 
 @pytest.mark.parametrize("workflow_type", ["train", "infer"])

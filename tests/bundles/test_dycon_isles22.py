@@ -48,7 +48,7 @@ BUNDLE = Bundle("dycon_isles22")
 PATCH = "[32,32,16]"
 # Bundle.train / evaluate / infer pass the LA test patch first; a later --patch_size wins (fire keeps the last value)
 SMALL = ("--patch_size", PATCH, "--sw_overlap", "0.25")
-ITERS = 2
+ITERS = 2  # one epoch of 2 iterations, then the validation
 SEED = 11  # with 4 train / 1 val / 2 test cases: both labeled cases and the validation case have lesions, and
 # one of the two test cases has none (the empty-reference rule is exercised end to end)
 FLAT = "flat-"  # prefix of the flat release's test images in the shared inference run
@@ -107,7 +107,7 @@ def nested(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("isles_nested")
     p = prepare(root, "nested")
     out = root / "out"
-    log = BUNDLE.train(p.dataset, out, *SMALL, max_iterations=ITERS, val_interval=ITERS, log=root / "train.log")
+    log = BUNDLE.train(p.dataset, out, *SMALL, max_epochs=1, epoch_length=ITERS, log=root / "train.log")
     return Trained(p.root, p.raw, p.dataset, out, log)
 
 
@@ -149,7 +149,7 @@ def dual(nested: Trained, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     p = Prepared(root, nested.raw, root / "prep")
     out = root / "out"
     log = BUNDLE.train(
-        p.dataset, out, *SMALL, "--in_channels", "2", max_iterations=ITERS, val_interval=ITERS, log=root / "train.log"
+        p.dataset, out, *SMALL, "--in_channels", "2", max_epochs=1, epoch_length=ITERS, log=root / "train.log"
     )
     return Trained(p.root, p.raw, p.dataset, out, log)
 
@@ -203,8 +203,9 @@ def test_config_choices():
     assert train["crop_sampling"] == "pos_neg" and train["normalize_nonzero"] is True
     assert train["dataset_dir"] == "/workspace/data/ISLES2022"
     assert all(int(s) % 16 == 0 for s in train["patch_size"])
-    labeled = train.get_parsed_content("train#preprocessing").transforms
-    unlabeled = train.get_parsed_content("train#unlabeled#preprocessing").transforms
+    with BUNDLE.on_path():  # the configs' scripts.<module>.<name>
+        labeled = train.get_parsed_content("train#preprocessing").transforms
+        unlabeled = train.get_parsed_content("train#unlabeled#preprocessing").transforms
     assert any(isinstance(t, RandCropByPosNegLabeld) for t in labeled)
     assert any(isinstance(t, RandSpatialCropd) for t in unlabeled)
     assert not any(isinstance(t, RandCropByPosNegLabeld) for t in unlabeled)

@@ -25,8 +25,8 @@ import torch
 from bundle_utils import (
     REPO,
     SMALL_NET,
+    EPOCH_LENGTH,
     TRAIN_ITERS,
-    VAL_INTERVAL,
     Bundle,
     case_name,
     check_evaluation,
@@ -56,7 +56,7 @@ bundle_infer = LA.infer
 
 @pytest.fixture(scope="module", autouse=True)
 def bundle_folder_snapshot():
-    """The files below bundles/dycon_la/{eval,models} before this module ran (the bundle's default outputs)."""
+    """The files of bundles/dycon_la before this module ran (configs, docs, default outputs eval/, models/)."""
 
     before = LA.output_snapshot()
     yield LA.output_snapshot, before
@@ -77,7 +77,7 @@ class Run:
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """Synthetic raw challenge release (4 train + 2 test) -> ``python -m custom prepare la --labeled 2 --val 1``
-    -> 4 training iterations with a validation every 2."""
+    -> 4 training iterations (2 epochs of 2) with a validation after each epoch."""
     root = tmp_path_factory.mktemp("la_synth")
     raw = synth_la(root / "raw", n_train=4, n_test=2, shape=SYNTH_SHAPE, seed=0)
     prep = root / "prep"
@@ -102,7 +102,7 @@ def synth_pred(synth: Run) -> Path:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """6 real cases (symlinked, 4 training + 2 test ids) -> prepare (2 labeled, 2 unlabeled, no validation)
-    -> 2 training iterations (no validation list: the final model is model.pt)."""
+    -> 2 training iterations, one epoch (no validation list: the final model is model.pt)."""
     cases = REAL_LA / H5_FOLDER
     if not cases.is_dir():
         pytest.skip(f"real LA h5 data not found at {REAL_LA}")
@@ -121,7 +121,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Run:
     prep = root / "prep"
     run("-m", "custom", "prepare", "la", "--src", src, "--dst", prep, "--labeled", "2")
     out = root / "out"
-    log = bundle_train(prep, out, max_iterations=2, log=root / "train.log")
+    log = bundle_train(prep, out, max_epochs=1, epoch_length=2, log=root / "train.log")
     return Run(root, prep, out, log)
 
 
@@ -211,15 +211,28 @@ def test_synth_infer_non_ras_geometry(synth: Run, synth_pred: Path):
 
 def test_synth_resume_is_exact(synth: Run):
     """An interrupted run (stopped after its first epoch of 2 iterations) resumed with ``--resume true`` continues
-    from its checkpoint and ends with the very weights of the uninterrupted 4-iteration run."""
+    from its checkpoint and ends with the very weights of the uninterrupted 4-iteration run. All three runs are fp32
+    (``--amp false``): bf16 autocast on a CPU (``--amp auto`` where the CPU has AVX512-BF16 / AMX) is not
+    reproducible run to run, even for two uninterrupted runs."""
+    fp32 = ("--amp", "false")
+    straight_out = synth.root / "straight_fp32"
+    bundle_train(synth.dataset, straight_out, *fp32, log=synth.root / "straight_fp32.log")
     out = synth.root / "resume"
-    first = bundle_train(synth.dataset, out, "--train#trainer#max_epochs", "1", log=synth.root / "resume1.log")
+    # the trainer stops after one epoch; the beta schedule (over train#trainer#max_epochs x epoch_length) keeps the
+    # uninterrupted run's total of 4 iterations, as an interruption would
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(LA.path(LA.train_yaml)))
+    (beta,) = [i for i, h in enumerate(parser["train#handlers"]) if h.get("name") == "beta"]
+    stop = ("--train#trainer#max_epochs", "1", f"--train#handlers#{beta}#schedule#total_steps", str(TRAIN_ITERS))
+    first = bundle_train(synth.dataset, out, *fp32, *stop, log=synth.root / "resume1.log")
     assert "Epoch: 1/1, Iter: 2/2" in first
     ckpts = out / "eval" / "checkpoints"
     assert [p.name for p in ckpts.glob("*.pt")] == ["checkpoint_epoch=1.pt"]
-    check_training_checkpoint(ckpts, iterations=VAL_INTERVAL)
+    check_training_checkpoint(ckpts, iterations=EPOCH_LENGTH)
 
-    second = bundle_train(synth.dataset, out, "--resume", "true", log=synth.root / "resume2.log")
+    second = bundle_train(synth.dataset, out, *fp32, "--resume", "true", log=synth.root / "resume2.log")
     assert f"Restored all variables from {ckpts / 'checkpoint_epoch=1.pt'}" in second
     assert "Epoch: 1/2, Iter:" not in second  # the first epoch is not trained again
     assert "Epoch: 2/2, Iter: 2/2" in second
@@ -229,7 +242,7 @@ def test_synth_resume_is_exact(synth: Run):
     check_model_pt(out / "models" / "model.pt")
 
     resumed = load_weights(final)
-    straight = load_weights(synth.out / "eval" / "checkpoints" / "checkpoint_epoch=2.pt")
+    straight = load_weights(straight_out / "eval" / "checkpoints" / "checkpoint_epoch=2.pt")
     for key in ("network", "teacher"):
         assert resumed[key].keys() == straight[key].keys()
         for name in straight[key]:
@@ -251,8 +264,8 @@ def test_ckpt_export_torchscript(synth: Run):
     from monai.data import load_net_with_metadata
 
     scripted, meta, extra = load_net_with_metadata(ts_path, more_extra_files=("inference.json",))
-    assert meta["version"] == json.loads((REPO / METADATA).read_text())["version"]
-    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "custom.networks.UNet3D"
+    assert meta["version"] == json.loads(LA.path(METADATA).read_text())["version"]
+    assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.networks.UNet3D"
 
     eager = small_net()
     eager.load_state_dict(load_weights(synth.model), strict=True)

@@ -59,7 +59,7 @@ N_TRAIN, N_TEST = 4, 2  # the head of train.list / test.list
 
 @pytest.fixture(scope="module", autouse=True)
 def bundle_folder_snapshot():
-    """The files below bundles/dycon_pancreas/{eval,models} before this module ran (the bundle's default outputs)."""
+    """The files of bundles/dycon_pancreas before this module ran (configs, docs, default outputs eval/, models/)."""
     before = PANCREAS.output_snapshot()
     yield PANCREAS.output_snapshot, before
 
@@ -125,25 +125,26 @@ def test_config_defaults():
 
     for name in ("train_yaml", "inference_yaml"):
         parser = ConfigParser()
-        parser.read_config(str(REPO / getattr(PANCREAS, name)))
+        parser.read_config(str(PANCREAS.path(getattr(PANCREAS, name))))
         assert parser["dataset_dir"] == "/workspace/data/Pancreas"
         assert parser["patch_size"] == [96, 96, 96]
         assert parser["in_channels"] == 1
         assert parser["normalize_nonzero"] is False  # CT: whole-volume z-score
         assert parser["network_def"]["in_channels"] == "@in_channels"
     parser = ConfigParser()
-    parser.read_config(str(REPO / PANCREAS.inference_yaml))
+    parser.read_config(str(PANCREAS.path(PANCREAS.inference_yaml)))
     assert parser["keep_largest_component"] is True
     parser = ConfigParser()
-    parser.read_config(str(REPO / PANCREAS.train_yaml))
+    parser.read_config(str(PANCREAS.path(PANCREAS.train_yaml)))
     assert (parser["labeled_batch_size"], parser["unlabeled_batch_size"]) == (4, 4)
-    assert (parser["max_iterations"], parser["val_interval"]) == (20000, 200)
+    # 20000 iterations (100 epochs of 200), validated after every epoch
+    assert (parser["max_epochs"], parser["epoch_length"], parser["val_interval"]) == (100, 200, 1)
     assert "'validation'" in parser["validate"]["dataset"]["data"]  # never the test list during training
     assert "'test'" not in json.dumps(parser.get())
-    parser.read_config([str(REPO / PANCREAS.train_yaml), str(REPO / PANCREAS.evaluate_yaml)])
+    parser.read_config([str(PANCREAS.path(PANCREAS.train_yaml)), str(PANCREAS.path(PANCREAS.evaluate_yaml))])
     assert "'test'" in parser["validate#dataset#data"]  # evaluate.yaml: test.list
     assert parser["keep_largest_component"] is True
-    meta = json.loads((REPO / PANCREAS.metadata).read_text())
+    meta = json.loads(PANCREAS.path(PANCREAS.metadata).read_text())
     assert meta["version"] in meta["changelog"]
     image = meta["network_data_format"]["inputs"]["image"]
     assert (image["modality"], image["num_channels"]) == ("CT", 1)
@@ -166,16 +167,18 @@ def test_released_patch_option(synth: Run):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(REPO / PANCREAS.train_yaml))
+    parser.read_config(str(PANCREAS.path(PANCREAS.train_yaml)))
     parser["patch_size"] = [112, 112, 96]
     parser["datalist"] = str(synth.dataset / "datalist.json")
-    parser.parse()
     entry = _datalist(synth)["training"][0]
     sample = {k: str(synth.dataset / entry[k]) for k in ("image", "label")}
-    for chain, data in (("train#preprocessing", sample), ("train#unlabeled#preprocessing", {"image": sample["image"]})):
-        out = parser.get_parsed_content(chain)(dict(data))
-        out = out[0] if isinstance(out, list) else out
-        assert tuple(out["image"].shape) == (1, 112, 112, 96), chain
+    with PANCREAS.on_path():  # the configs' scripts.<module>.<name>
+        parser.parse()
+        chains = (("train#preprocessing", sample), ("train#unlabeled#preprocessing", {"image": sample["image"]}))
+        for chain, data in chains:
+            out = parser.get_parsed_content(chain)(dict(data))
+            out = out[0] if isinstance(out, list) else out
+            assert tuple(out["image"].shape) == (1, 112, 112, 96), chain
     net = small_net().eval()
     with torch.no_grad():
         assert net(out["image"][None]).shape == (1, 2, 112, 112, 96)
@@ -243,7 +246,7 @@ def test_ckpt_export_torchscript(synth: Run):
     from monai.data import load_net_with_metadata
 
     scripted, meta, _ = load_net_with_metadata(ts_path)
-    assert meta["version"] == json.loads((REPO / PANCREAS.metadata).read_text())["version"]
+    assert meta["version"] == json.loads(PANCREAS.path(PANCREAS.metadata).read_text())["version"]
     eager = small_net()
     eager.load_state_dict(load_weights(synth.model), strict=True)
     eager.eval()

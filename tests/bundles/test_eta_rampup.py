@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
+from bundle_utils import Bundle, scripts_attr
 from monai.bundle import ConfigParser
 
-from custom.handlers import ScheduleHandler
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _eta_handlers(bundle: str, **overrides) -> list[ScheduleHandler]:
+def _eta_handlers(bundle: Bundle, **overrides) -> list:
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "train.yaml"))
+    parser.read_config(str(bundle.path(bundle.train_yaml)))
     parser.update({"dataset_dir": "/nonexistent", **overrides})
     handlers = []
     for i, h in enumerate(parser["train#handlers"]):
@@ -28,9 +24,12 @@ def _eta_handlers(bundle: str, **overrides) -> list[ScheduleHandler]:
 
 @pytest.mark.parametrize("bundle", ["dycon_la", "dycon_brats19", "dycon_pancreas", "dycon_isles22"])
 def test_eta_rampup(bundle: str):
-    assert _eta_handlers(bundle) == []  # constant eta (the released setting) by default
-    (handler,) = _eta_handlers(bundle, eta_rampup=100, eta=0.5)
-    assert isinstance(handler, ScheduleHandler) and handler.name == "eta"
+    b = Bundle(bundle)
+    with b.on_path():  # the configs' scripts.<module>.<name>
+        assert _eta_handlers(b) == []  # constant eta (the released setting) by default
+        (handler,) = _eta_handlers(b, eta_rampup=100, eta=0.5)
+        schedule_handler = scripts_attr("handlers", "ScheduleHandler")
+    assert isinstance(handler, schedule_handler) and handler.name == "eta"
     assert handler.schedule(0) == pytest.approx(0.5 * math.exp(-5.0))
     assert handler.schedule(100) == pytest.approx(0.5)
     assert 0.0 < handler.schedule(50) < 0.5

@@ -2,9 +2,10 @@
 
 The LA bundle's DDP behaviour is checked in depth in test_multi_gpu_la.py (disjoint shards, identical networks, rank-0
 outputs). Here every other bundle's own configs run the same way on its own synthetic raw release, prepared with
-``dycon prepare``: 2 iterations on 2 ranks with ``--draw_log``, then the asserts that matter per bundle: both ranks
-drew disjoint labeled and unlabeled cases, student and teacher are identical on both ranks, only rank 0 wrote
-model.pt / checkpoints, and model.pt runs in the bundle's single-GPU inference.yaml (mask in the input's geometry).
+``dycon prepare``, from the bundle folder: 2 iterations (one epoch) on 2 ranks with ``--draw_log``, then the
+asserts that matter per bundle: both ranks drew disjoint labeled and unlabeled cases, student and teacher are
+identical on both ranks, only rank 0 wrote model.pt / checkpoints, and model.pt runs in the bundle's single-GPU
+inference.yaml (mask in the input's geometry).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_utils import NET_ARGS, SMALL_NET, case_name, check_prediction, free_port, run
+from bundle_utils import NET_ARGS, SMALL_NET, Bundle, case_name, check_prediction, free_port, run
 from custom.networks import UNet3D
 
 WORLD = 2
@@ -41,19 +42,18 @@ def _raw(bundle: str, root: Path) -> Path:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("bundle", ["brats19", "pancreas", "isles22"])
 def test_multi_gpu_train(bundle: str, tmp_path: Path):
-    name = f"dycon_{bundle}"
-    rel = f"bundles/{name}"
+    b = Bundle(f"dycon_{bundle}")
     data = tmp_path / "prep"
     run("-m", "custom", "prepare", bundle, "--src", _raw(bundle, tmp_path), "--dst", data, "--labeled", "2")
     patch = "[32,32,16]" if bundle in ("pancreas", "isles22") else "[32,32,32]"
     out = tmp_path / "out"
-    configs = f"['{rel}/configs/train.yaml','{rel}/configs/multi_gpu_train.yaml']"
-    run(
+    configs = f"['{b.train_yaml}','{b.multi_gpu_yaml}']"
+    b.run(
         "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}", "-m", "monai.bundle", "run", "--bundle_root", rel,
+        f"--master_port={free_port()}", "-m", "monai.bundle", "run", "--bundle_root", ".",
         "--config_file", configs, "--dataset_dir", data, "--output_dir", out / "eval", "--ckpt_dir", out / "models",
-        "--max_iterations", "2", "--val_interval", "2", "--patch_size", patch, "--labeled_batch_size", "1",
-        "--unlabeled_batch_size", "1", "--num_workers", "0", "--dist_backend", "gloo",
+        "--max_epochs", "1", "--epoch_length", "2", "--val_interval", "1", "--patch_size", patch,
+        "--labeled_batch_size", "1", "--unlabeled_batch_size", "1", "--num_workers", "0", "--dist_backend", "gloo",
         "--draw_log", tmp_path / "draws", *NET_ARGS,
         log=tmp_path / "train.log",
     )  # fmt: skip
@@ -72,8 +72,8 @@ def test_multi_gpu_train(bundle: str, tmp_path: Path):
     assert len(list((out / "eval" / "checkpoints").glob("*.pt"))) == 1
     image = data / datalist["test"][0]["image"]
     pred = tmp_path / "pred"
-    run(
-        "-m", "monai.bundle", "run", "--bundle_root", rel, "--config_file", f"{rel}/configs/inference.yaml",
+    b.run(
+        "-m", "monai.bundle", "run", "--bundle_root", ".", "--config_file", b.inference_yaml,
         "--input_path", image, "--output_dir", pred, "--ckpt_path", model, "--patch_size", patch,
         "--num_workers", "0", *NET_ARGS,
         log=tmp_path / "infer.log",

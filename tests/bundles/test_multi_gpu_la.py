@@ -1,9 +1,10 @@
 """multi_gpu_train.yaml of the LA bundle under torchrun: 2 CPU processes with the gloo backend.
 
-One run (4 iterations, validation every 2) with ``--draw_log``: each rank writes the cases it drew per iteration
-and sha256 fingerprints of its student and teacher at the end (custom.handlers.DrawLog). Asserted: disjoint
-labeled / unlabeled shards per pass, identical networks on both ranks, outputs (checkpoints, model.pt, TensorBoard,
-console statistics, Ignite's engine log) from rank 0 only, and model.pt works in the single-GPU inference.yaml.
+One run from the bundle folder (2 epochs of 2 iterations, a validation after each) with ``--draw_log``: each rank
+writes the cases it drew per iteration and sha256 fingerprints of its student and teacher at the end
+(scripts.handlers.DrawLog). Asserted: disjoint labeled / unlabeled shards per pass, identical networks on both
+ranks, outputs (checkpoints, model.pt, TensorBoard, console statistics, Ignite's engine log) from rank 0 only, and
+model.pt works in the single-GPU inference.yaml.
 """
 
 import json
@@ -33,7 +34,8 @@ ENV = {
     "PYTHONUNBUFFERED": "1",
     "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
 }
-ITERS, VAL_INTERVAL, WORLD = 4, 2, 2
+EPOCHS, EPOCH_LENGTH, WORLD = 2, 2, 2
+ITERS = EPOCHS * EPOCH_LENGTH
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -51,17 +53,18 @@ def ddp_run(tmp_path_factory):
     datalist = prepare_la(raw, tmp / "prep", labeled=2, val=1)
     data = datalist.parent if datalist.is_file() else datalist
     out = tmp / "out"
-    configs = f"['{BUNDLE / 'configs' / 'train.yaml'}','{BUNDLE / 'configs' / 'multi_gpu_train.yaml'}']"
+    configs = "['configs/train.yaml','configs/multi_gpu_train.yaml']"
     log = _run(
         [
             sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}", "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE),
+            f"--master_port={free_port()}", "-m", "monai.bundle", "run", "--bundle_root", ".",
             "--config_file", configs, "--dataset_dir", str(data), "--output_dir", str(out / "eval"),
-            "--ckpt_dir", str(out / "models"), "--max_iterations", str(ITERS), "--val_interval", str(VAL_INTERVAL),
+            "--ckpt_dir", str(out / "models"), "--max_epochs", str(EPOCHS), "--epoch_length", str(EPOCH_LENGTH),
+            "--val_interval", "1",
             "--patch_size", "[32,32,32]", "--labeled_batch_size", "1", "--unlabeled_batch_size", "1",
             "--num_workers", "0", "--dist_backend", "gloo", "--draw_log", str(tmp / "draws"), *NET_ARGS,
         ],  # fmt: skip
-        cwd=tmp,
+        cwd=BUNDLE,
     )
     draws = [json.loads((tmp / "draws" / f"rank{r}.json").read_text()) for r in range(WORLD)]
     return {"tmp": tmp, "data": data, "out": out, "log": log, "draws": draws}
@@ -131,12 +134,12 @@ def test_model_loads_into_single_gpu_inference(ddp_run):
     pred_dir = ddp_run["tmp"] / "pred"
     _run(
         [
-            sys.executable, "-m", "monai.bundle", "run", "--bundle_root", str(BUNDLE),
-            "--config_file", str(BUNDLE / "configs" / "inference.yaml"), "--input_path", image,
+            sys.executable, "-m", "monai.bundle", "run", "--bundle_root", ".",
+            "--config_file", "configs/inference.yaml", "--input_path", image,
             "--output_dir", str(pred_dir), "--ckpt_path", str(model_pt), "--patch_size", "[32,32,32]",
             "--num_workers", "0", *NET_ARGS,
         ],  # fmt: skip
-        cwd=ddp_run["tmp"],
+        cwd=BUNDLE,
     )
     assert (pred_dir / f"{case_name(image)}_seg.nii.gz").is_file()
     check_prediction(Path(image), pred_dir, probabilities=False)

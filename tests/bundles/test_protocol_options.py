@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from bundle_utils import Bundle
 from monai.bundle import ConfigParser
 from monai.inferers.utils import _get_scan_interval
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLES = ("la", "brats19", "pancreas", "isles22")
 
 
@@ -20,16 +20,18 @@ def _parser(bundle: str, tmp_path: Path, n_labeled: int, evaluate: bool = False,
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"training": [entry] * n_labeled, "unlabeled": [{"image": "x.nii.gz"}] * 3,
                                     "validation": [], "test": [entry]}))
-    configs = REPO / "bundles" / f"dycon_{bundle}" / "configs"
+    b = Bundle(f"dycon_{bundle}")
     parser = ConfigParser()
-    parser.read_config([str(configs / "train.yaml")] + ([str(configs / "evaluate.yaml")] if evaluate else []))
-    parser.update({"bundle_root": str(configs.parent), "datalist": str(datalist), **overrides})
+    parser.read_config([str(b.path(b.train_yaml))] + ([str(b.path(b.evaluate_yaml))] if evaluate else []))
+    parser.update({"bundle_root": str(b.root), "datalist": str(datalist), **overrides})
     return parser
 
 
 @pytest.fixture(autouse=True)
-def _importable(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO))
+def _importable(bundle: str):
+    """The configs' scripts.<module>.<name>: the bundle folder on sys.path while the test parses them."""
+    with Bundle(f"dycon_{bundle}").on_path():
+        yield
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)

@@ -1,5 +1,5 @@
 """OverlayPNGWriter / TrainingCurvePNG / ProgressBarHandler on tiny in-memory engines, and the pictures of a short
-LA bundle run (train + evaluate, small network, [32,32,32] patches)."""
+LA bundle run from the bundle folder (train + evaluate, small network, [32,32,32] patches)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from custom.handlers import (  # noqa: E402
 from custom.handlers.pictures import _image_like_pred  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+LA = REPO / "bundles" / "dycon_la"
 SHAPE = (16, 16, 12)
 
 
@@ -210,7 +211,7 @@ def test_rank_nonzero_is_a_noop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 NET = ["--network_def#features", "[4,8,16,32,64]", "--network_def#embed_dim", "16", "--network_def#proj_hidden", "32"]
 
 
-def _run(*args: str | Path) -> str:
+def _run(*args: str | Path, cwd: Path = REPO) -> str:
     env = {
         **os.environ,
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -219,7 +220,7 @@ def _run(*args: str | Path) -> str:
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
     }
     proc = subprocess.run(
-        [sys.executable, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -232,11 +233,13 @@ def test_la_bundle_pictures(tmp_path: Path):
     synth_la(tmp_path / "raw", n_train=4, n_test=2, shape=(48, 48, 32), seed=0)
     prep, out = tmp_path / "prep", tmp_path / "out"
     _run("-m", "custom", "prepare", "la", "--src", tmp_path / "raw", "--dst", prep, "--labeled", "2", "--val", "1")
-    common = ["--bundle_root", "bundles/dycon_la", "--dataset_dir", prep, "--output_dir", out / "eval"]
+    common = ["--bundle_root", ".", "--dataset_dir", prep, "--output_dir", out / "eval"]
     common += ["--ckpt_dir", out / "models", "--patch_size", "[32,32,32]", "--num_workers", "0", *NET]
     train = _run(
-        "-m", "monai.bundle", "run", "--config_file", "bundles/dycon_la/configs/train.yaml", *common,
-        "--max_iterations", "4", "--val_interval", "2", "--labeled_batch_size", "1", "--unlabeled_batch_size", "1",
+        "-m", "monai.bundle", "run", "--config_file", "configs/train.yaml", *common,
+        "--max_epochs", "2", "--epoch_length", "2", "--val_interval", "1",
+        "--labeled_batch_size", "1", "--unlabeled_batch_size", "1",
+        cwd=LA,
     )  # fmt: skip
     assert "Epoch [2/2]: [2/2] 100%" in train  # the progress bar with the loss parts
     assert "loss=" in train
@@ -248,8 +251,8 @@ def test_la_bundle_pictures(tmp_path: Path):
     assert not (out / "eval" / "mlruns").exists() or mlflow_available()
 
     evaluate = _run(
-        "-m", "monai.bundle", "run", "--config_file",
-        "['bundles/dycon_la/configs/train.yaml','bundles/dycon_la/configs/evaluate.yaml']", *common,
+        "-m", "monai.bundle", "run", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']", *common,
+        cwd=LA,
     )  # fmt: skip
     assert "Iteration: [2/2] 100%" in evaluate
     tests = sorted(pictures.glob("test_*.png"))
