@@ -76,6 +76,7 @@ from .datalist import (
     check_destination,
     check_outside,
     check_split_arguments,
+    prepare_main,
     select_labeled,
     write_datalist,
 )
@@ -845,16 +846,9 @@ def synth_isles22(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of :func:`prepare_isles22`, with the options of ``dycon prepare isles22``: from a bundle folder
-    ``python -m scripts.data.isles22 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.isles22``.
-    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
-    import fire
-
-    module = __spec__.name if __spec__ is not None else "scripts.data.isles22"
-    try:
-        fire.Fire(prepare_isles22, command=None if argv is None else list(argv), name=module)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"python -m {module}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    ``python -m scripts.data.isles22 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.isles22``
+    (:func:`~.datalist.prepare_main`)."""
+    prepare_main(prepare_isles22, argv, __spec__.name if __spec__ is not None else __name__)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from .datalist import (
     check_destination,
     check_outside,
     check_split_arguments,
+    prepare_main,
     present_in_lists,
     read_id_list,
     split_training,
@@ -618,16 +619,9 @@ def synth_la_h5(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of :func:`prepare_la`, with the options of ``dycon prepare la``: from a bundle folder
-    ``python -m scripts.data.la --src RAW --dst PREPARED``, in the repository ``python -m custom.data.la``.
-    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
-    import fire
-
-    module = __spec__.name if __spec__ is not None else "scripts.data.la"
-    try:
-        fire.Fire(prepare_la, command=None if argv is None else list(argv), name=module)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"python -m {module}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    ``python -m scripts.data.la --src RAW --dst PREPARED``, in the repository ``python -m custom.data.la``
+    (:func:`~.datalist.prepare_main`)."""
+    prepare_main(prepare_la, argv, __spec__.name if __spec__ is not None else __name__)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ from .datalist import (
     check_destination,
     check_outside,
     check_split_arguments,
+    prepare_main,
     present_in_lists,
     read_id_list,
     split_training,
@@ -1117,16 +1118,9 @@ def synth_pancreas(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line of :func:`prepare_pancreas`, with the options of ``dycon prepare pancreas``: from a bundle folder
-    ``python -m scripts.data.pancreas --src RAW --dst PREPARED``, in the repository ``python -m custom.data.pancreas``.
-    Prints the datalist's path; an error a user can fix is one line on stderr, exit status 2."""
-    import fire
-
-    module = __spec__.name if __spec__ is not None else "scripts.data.pancreas"
-    try:
-        fire.Fire(prepare_pancreas, command=None if argv is None else list(argv), name=module)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"python -m {module}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    ``python -m scripts.data.pancreas --src RAW --dst PREPARED``, in the repository ``python -m custom.data.pancreas``
+    (:func:`~.datalist.prepare_main`)."""
+    prepare_main(prepare_pancreas, argv, __spec__.name if __spec__ is not None else __name__)
 
 
 if __name__ == "__main__":

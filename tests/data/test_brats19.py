@@ -28,6 +28,7 @@ from custom.data.brats19 import (
     synth_brats19,
 )
 from custom.data.datalist import DatasetError, assert_disjoint, read_datalist, read_id_list
+from entry_points import check_exported_bundle, check_help_from_bundle_folder, check_matches_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_SPLITS = REPO.parent / "shared" / "data" / "splits" / "BraTS2019"
@@ -524,63 +525,14 @@ def test_missing_src_and_dst_inside_src(tmp_path: Path, raw_copy: Path, leftover
 
 
 def test_module_entry_point_matches_cli(release: Path, tmp_path: Path):
-    """``python -m custom.data.brats19`` (from a bundle folder: ``python -m scripts.data.brats19``) writes the
-    datalist that ``dycon prepare brats19`` writes with the same options; an error is one line, exit status 2."""
-    args = ["--src", str(release), "--labeled", "2"]
-    written = {}
-    for name, command in (("module", ["custom.data.brats19"]), ("cli", ["custom", "prepare", "brats19"])):
-        dst = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
-            capture_output=True, text=True, cwd=REPO, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == str(dst / "datalist.json")
-        written[name] = (dst / "datalist.json").read_text()
-    assert written["module"] == written["cli"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "custom.data.brats19", *args, "--modalities", "t1", "--dst", str(tmp_path / "bad")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "python -m custom.data.brats19: error: modalities must be 'flair'" in proc.stderr
-    assert not (tmp_path / "bad").exists()
+    """``python -m custom.data.brats19`` (from a bundle folder: ``python -m scripts.data.brats19``) writes the datalist that
+    ``dycon prepare brats19`` writes with the same options; an error is one line, exit status 2."""
+    check_matches_cli("brats19", ["--src", str(release), "--labeled", "2"], tmp_path, ["--modalities", "t1"], "modalities must be 'flair'")
 
 
 def test_module_entry_point_from_bundle_folder():
-    """As the bundle's README documents it: from ``bundles/dycon_brats19`` (whose ``scripts`` links to ``custom``)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.data.brats19", "--help"],
-        capture_output=True, text=True, cwd=REPO / "bundles" / "dycon_brats19", env=env, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout + proc.stderr  # fire writes its help to stderr
-    assert "scripts.data.brats19" in out and "--labeled" in out
+    check_help_from_bundle_folder("brats19")
 
 
 def test_module_entry_point_in_exported_bundle(release: Path, tmp_path: Path):
-    """``dycon export`` carries the bundle's data preparation (with its package split lists):
-    ``python -m scripts.data.brats19`` run from the export, without PYTHONPATH, uses the export's own copy and writes
-    what ``dycon prepare`` writes."""
-    from custom.export import export_bundle
-
-    bundle = export_bundle("dycon_brats19", tmp_path / "dist")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    args = ["--src", str(release), "--labeled", "2"]
-    written = {}
-    runs = (("export", ["scripts.data.brats19"], bundle), ("cli", ["custom", "prepare", "brats19"], REPO))
-    for name, command, cwd in runs:
-        dst = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
-            capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        written[name] = (dst / "datalist.json").read_text()
-    assert written["export"] == written["cli"]
-    proc = subprocess.run(
-        [sys.executable, "-c", "import scripts.data.brats19 as m; print(m.__file__)"],
-        capture_output=True, text=True, cwd=bundle, env=env, timeout=60,
-    )
-    assert Path(proc.stdout.strip()) == bundle / "scripts" / "data" / "brats19.py", proc.stderr
+    check_exported_bundle("brats19", ["--src", str(release), "--labeled", "2"], tmp_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from custom.data.isles22 import (
     split_file,
     synth_isles22,
 )
+from entry_points import check_help_from_bundle_folder, check_matches_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (32, 32, 10)  # tiny: every test stays fast
@@ -503,36 +503,10 @@ def test_cli_prepare(nested: Path, tmp_path: Path):
 
 
 def test_module_entry_point_matches_cli(nested: Path, tmp_path: Path):
-    """``python -m custom.data.isles22`` (from a bundle folder: ``python -m scripts.data.isles22``) writes the
-    datalist that ``dycon prepare isles22`` writes with the same options; an error is one line, exit status 2."""
-    args = ["--src", str(nested), "--labeled", "2"]
-    written = {}
-    for name, command in (("module", ["custom.data.isles22"]), ("cli", ["custom", "prepare", "isles22"])):
-        dst = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
-            capture_output=True, text=True, cwd=REPO, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == str(dst / "datalist.json")
-        written[name] = (dst / "datalist.json").read_text()
-    assert written["module"] == written["cli"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "custom.data.isles22", *args, "--fraction", "0.5", "--dst", str(tmp_path / "bad")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "python -m custom.data.isles22: error: give either labeled (a count) or fraction" in proc.stderr
-    assert not (tmp_path / "bad").exists()
+    """``python -m custom.data.isles22`` (from a bundle folder: ``python -m scripts.data.isles22``) writes the datalist that
+    ``dycon prepare isles22`` writes with the same options; an error is one line, exit status 2."""
+    check_matches_cli("isles22", ["--src", str(nested), "--labeled", "2"], tmp_path, ["--fraction", "0.5"], 'give either labeled (a count) or fraction')
 
 
 def test_module_entry_point_from_bundle_folder():
-    """As the bundle's README documents it: from ``bundles/dycon_isles22`` (whose ``scripts`` links to ``custom``)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.data.isles22", "--help"],
-        capture_output=True, text=True, cwd=REPO / "bundles" / "dycon_isles22", env=env, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout + proc.stderr  # fire writes its help to stderr
-    assert "scripts.data.isles22" in out and "--labeled" in out
+    check_help_from_bundle_folder("isles22")

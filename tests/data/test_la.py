@@ -17,6 +17,7 @@ import pytest
 
 from custom.data.datalist import DatasetError, assert_disjoint, read_datalist, read_id_list
 from custom.data.la import H5_FOLDER, load_h5_case, prepare_la, preprocess_raw, synth_la, synth_la_h5
+from entry_points import check_exported_bundle, check_help_from_bundle_folder, check_matches_cli
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_LA = REPO.parent / "shared" / "data" / "LA_h5"
@@ -489,62 +490,14 @@ def test_real_h5_release_root_all_cases(tmp_path: Path):
 
 
 def test_module_entry_point_matches_cli(raw_release: Path, tmp_path: Path):
-    """``python -m custom.data.la`` (from a bundle folder: ``python -m scripts.data.la``) writes the
-    datalist that ``dycon prepare la`` writes with the same options; an error is one line, exit status 2."""
-    args = ["--src", str(raw_release), "--labeled", "2", "--val", "1"]
-    written = {}
-    for name, command in (("module", ["custom.data.la"]), ("cli", ["custom", "prepare", "la"])):
-        dst = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
-            capture_output=True, text=True, cwd=REPO, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == str(dst / "datalist.json")
-        written[name] = (dst / "datalist.json").read_text()
-    assert written["module"] == written["cli"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "custom.data.la", *args, "--fraction", "0.5", "--dst", str(tmp_path / "bad")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "python -m custom.data.la: error: give either labeled (a count) or fraction" in proc.stderr
-    assert not (tmp_path / "bad").exists()
+    """``python -m custom.data.la`` (from a bundle folder: ``python -m scripts.data.la``) writes the datalist that
+    ``dycon prepare la`` writes with the same options; an error is one line, exit status 2."""
+    check_matches_cli("la", ["--src", str(raw_release), "--labeled", "2", "--val", "1"], tmp_path, ["--fraction", "0.5"], 'give either labeled (a count) or fraction')
 
 
 def test_module_entry_point_from_bundle_folder():
-    """As the bundle's README documents it: from ``bundles/dycon_la`` (whose ``scripts`` links to ``custom``)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.data.la", "--help"],
-        capture_output=True, text=True, cwd=REPO / "bundles" / "dycon_la", env=env, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout + proc.stderr  # fire writes its help to stderr
-    assert "scripts.data.la" in out and "--labeled" in out
+    check_help_from_bundle_folder("la")
 
 
 def test_module_entry_point_in_exported_bundle(raw_release: Path, tmp_path: Path):
-    """``dycon export`` carries the bundle's data preparation: ``python -m scripts.data.la``
-    run from the export, without PYTHONPATH, uses the export's own copy and writes what ``dycon prepare`` writes."""
-    from custom.export import export_bundle
-
-    bundle = export_bundle("dycon_la", tmp_path / "dist")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    args = ["--src", str(raw_release), "--labeled", "2"]
-    written = {}
-    runs = (("export", ["scripts.data.la"], bundle), ("cli", ["custom", "prepare", "la"], REPO))
-    for name, command, cwd in runs:
-        dst = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
-            capture_output=True, text=True, cwd=cwd, env=env, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        written[name] = (dst / "datalist.json").read_text()
-    assert written["export"] == written["cli"]
-    proc = subprocess.run(
-        [sys.executable, "-c", "import scripts.data.la as m; print(m.__file__)"],
-        capture_output=True, text=True, cwd=bundle, env=env, timeout=60,
-    )
-    assert Path(proc.stdout.strip()) == bundle / "scripts" / "data" / "la.py", proc.stderr
+    check_exported_bundle("la", ["--src", str(raw_release), "--labeled", "2"], tmp_path)

@@ -31,6 +31,7 @@ from custom.data.pancreas import (
     synth_geometry,
     synth_pancreas,
 )
+from entry_points import check_help_from_bundle_folder, check_matches_cli
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:builtin type (SwigPy|swigvarlink):DeprecationWarning"),  # ITK's SWIG, py3.12
@@ -537,36 +538,10 @@ def test_monai_loads_prepared_with_its_affine(prepared: Path):
 
 
 def test_module_entry_point_matches_cli(release: Path, tmp_path: Path):
-    """``python -m custom.data.pancreas`` (from a bundle folder: ``python -m scripts.data.pancreas``) writes the
-    datalist that ``dycon prepare pancreas`` writes with the same options; an error is one line, exit status 2."""
-    args = ["--src", str(release), "--labeled", "2", "--val", "1"]
-    written = {}
-    for name, command in (("module", ["custom.data.pancreas"]), ("cli", ["custom", "prepare", "pancreas"])):
-        dst = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", *command, *args, "--dst", str(dst)],
-            capture_output=True, text=True, cwd=REPO, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == str(dst / "datalist.json")
-        written[name] = (dst / "datalist.json").read_text()
-    assert written["module"] == written["cli"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "custom.data.pancreas", *args, "--fraction", "0.5", "--dst", str(tmp_path / "bad")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "python -m custom.data.pancreas: error: give either labeled (a count) or fraction" in proc.stderr
-    assert not (tmp_path / "bad").exists()
+    """``python -m custom.data.pancreas`` (from a bundle folder: ``python -m scripts.data.pancreas``) writes the datalist that
+    ``dycon prepare pancreas`` writes with the same options; an error is one line, exit status 2."""
+    check_matches_cli("pancreas", ["--src", str(release), "--labeled", "2", "--val", "1"], tmp_path, ["--fraction", "0.5"], 'give either labeled (a count) or fraction')
 
 
 def test_module_entry_point_from_bundle_folder():
-    """As the bundle's README documents it: from ``bundles/dycon_pancreas`` (whose ``scripts`` links to ``custom``)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "scripts.data.pancreas", "--help"],
-        capture_output=True, text=True, cwd=REPO / "bundles" / "dycon_pancreas", env=env, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout + proc.stderr  # fire writes its help to stderr
-    assert "scripts.data.pancreas" in out and "--labeled" in out
+    check_help_from_bundle_folder("pancreas")
