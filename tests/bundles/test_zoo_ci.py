@@ -66,7 +66,9 @@ def _zoo_python(args: list[str], cwd: Path, check: bool = True) -> subprocess.Co
     )
     print(f"[{time.monotonic() - start:.1f} s] python {' '.join(args)[:120]} -> {proc.returncode}")
     if check:
-        assert proc.returncode == 0, f"python {' '.join(args)} -> {proc.returncode}\n{(proc.stdout + proc.stderr)[-8000:]}"
+        assert (
+            proc.returncode == 0
+        ), f"python {' '.join(args)} -> {proc.returncode}\n{(proc.stdout + proc.stderr)[-8000:]}"
     return proc
 
 
