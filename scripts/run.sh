@@ -4,6 +4,9 @@
 #   bash scripts/run.sh test [args]   the test suite (pytest)
 #   bash scripts/run.sh setup         only create .venv and install the pinned dependencies (those of the tests)
 # The virtual environment lives in .venv (override with DYCON_VENV). Nothing is downloaded at run time.
+# setup / test also create .venv-zoo (override with DYCON_ZOO_VENV) when the model zoo's CI copy is present
+# (../shared/tools/model-zoo, override with DYCON_MODEL_ZOO): a venv with ONLY the pins of the bundles'
+# metadata.json, in which tests/bundles/test_zoo_ci.py runs the zoo's checks (the project is not installed there).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -32,11 +35,53 @@ setup() {  # setup EXTRAS: the project plus the given optional extras of pyproje
   echo "$want" > "$stamp"
 }
 
+setup_zoo() {  # .venv-zoo: torch, then the union of ci/get_bundle_requirements.py of every bundle, nothing else
+  local zoo="${DYCON_MODEL_ZOO:-$here/../shared/tools/model-zoo}"
+  local zvenv="${DYCON_ZOO_VENV:-$here/.venv-zoo}"
+  if [ ! -f "$zoo/ci/get_bundle_requirements.py" ]; then
+    echo "[setup] no model-zoo copy at $zoo: no $zvenv (tests/bundles/test_zoo_ci.py will skip)" >&2
+    return 0
+  fi
+  local stamp="$zvenv/.dycon-zoo-installed"
+  local want
+  want="$(cat bundles/*/configs/metadata.json scripts/run.sh "$zoo/ci/get_bundle_requirements.py" | sha256sum | cut -c1-16)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  local tmp
+  tmp="$(mktemp -d)"
+  # the zoo's own script writes requirements_<bundle>.txt into the working directory (it imports monai: .venv runs it)
+  for b in bundles/dycon_*/; do
+    b="$(basename "$b")"
+    (cd "$tmp" && "$venv/bin/python" "$zoo/ci/get_bundle_requirements.py" --b "$b" -p "$here/bundles" >/dev/null)
+  done
+  sort -u "$tmp"/requirements_*.txt > "$tmp/requirements.txt"
+  local clash
+  clash="$(cut -d= -f1 "$tmp/requirements.txt" | tr 'A-Z_' 'a-z-' | sort | uniq -d)"
+  if [ -n "$clash" ]; then echo "[setup] bundles pin different versions of: $clash" >&2; exit 1; fi
+  # the zoo CI's own tool, not a bundle requirement: verify_bundle.py's metadata check (monai.bundle.verify_metadata)
+  # needs jsonschema, which the zoo CI takes from its requirements-dev.txt (the rest of that file is lint tools and
+  # packages a bundle must declare itself, so it is left out: they would hide a missing pin)
+  echo "jsonschema==4.26.0" >> "$tmp/requirements.txt"
+  if [ -x "$zvenv/bin/python" ] && cmp -s "$tmp/requirements.txt" "$zvenv/requirements.txt"; then
+    echo "$want" > "$stamp"; rm -rf "$tmp"; return 0
+  fi
+  echo "[setup] creating $zvenv with only the bundles' metadata pins (model-zoo checks; first run only)" >&2
+  # a venv left by an earlier set of pins is rebuilt from scratch (pip would keep packages dropped from the pins)
+  if [ -f "$zvenv/requirements.txt" ]; then rm -rf "$zvenv"; fi
+  "$python" -m venv "$zvenv"
+  "$zvenv/bin/python" -m pip install -q "torch==2.14.1" 2>&1 | grep -v "is ignored" || true
+  "$zvenv/bin/python" -m pip install -q -r "$tmp/requirements.txt" 2>&1 | grep -v "is ignored" || true
+  "$zvenv/bin/python" -c "import torch, monai, ignite" || { echo "[setup] $zvenv install failed" >&2; exit 1; }
+  cp "$tmp/requirements.txt" "$zvenv/requirements.txt"
+  echo "$want" > "$stamp"
+  rm -rf "$tmp"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  setup) setup "test,monailabel" ;;
+  setup) setup "test,monailabel,lint"; setup_zoo ;;
   demo) setup test; exec "$venv/bin/python" -m custom demo "$@" ;;
-  test) setup "test,monailabel"; exec "$venv/bin/python" -m pytest -q "$@" ;;
+  test) setup "test,monailabel,lint"; setup_zoo; export DYCON_ZOO_VENV="${DYCON_ZOO_VENV:-$here/.venv-zoo}"
+        exec "$venv/bin/python" -m pytest -q "$@" ;;
   *) echo "usage: bash scripts/run.sh {demo|test|setup} [args]" >&2; exit 2 ;;
 esac
