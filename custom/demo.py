@@ -179,14 +179,7 @@ def run_demo(
     )
     _bundle_run(
         ["train.yaml"],
-        {
-            **common,
-            **schedule,
-            "labeled_batch_size": 2,
-            "unlabeled_batch_size": 2,
-            **variant,
-            "amp": amp,
-        },
+        {**common, **schedule, "labeled_batch_size": 2, "unlabeled_batch_size": 2, **variant, "amp": amp},
         log,
     )
     print("[3/4] evaluate on the test cases", flush=True)
