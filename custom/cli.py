@@ -91,8 +91,9 @@ class DyconCLI:
     def export(
         self, bundle: str, dst: str, zip: bool = False, model: str | None = None, torchscript: bool = False
     ) -> str:
-        """Self-contained copy of a bundle (name or folder) with the ``custom`` package inside: ``DST/<bundle>/``
-        (``--zip``: also ``DST/<bundle>.zip``); ``--model model.pt`` ships weights, ``--torchscript`` adds model.ts."""
+        """The bundle (name or folder) as a model-zoo pull request holds it: ``DST/<bundle>/`` with ``scripts/`` = the
+        modules of this package that it uses, byte for byte (``--zip``: also ``DST/<bundle>.zip``); ``--model
+        model.pt`` ships weights, ``--torchscript`` adds model.ts."""
         from .export import export_bundle
 
         return str(export_bundle(bundle, dst, zip=zip, model=model, torchscript=torchscript))
