@@ -129,7 +129,7 @@ def run_demo(
         patch: training patch (multiples of 16).
         features: U-Net filters (the bundle default is 16-256; the demo uses a slimmer net for the CPU).
         fecl_variant: ``"official"`` or ``"paper"``; None (default): the bundle's own default (``paper``).
-        amp: the bundle's ``amp``: ``"auto"`` (bf16 autocast on CPUs with AMX / AVX512-BF16, the fastest setting
+        amp: the bundle's ``amp``: ``"auto"`` (bf16 autocast on CPUs with AMX, the fastest setting
             that passed the quality check: benchmarks/README.md), ``false`` to force fp32, ``true``.
     """
     from .data.la import prepare_la, synth_la

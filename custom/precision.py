@@ -2,12 +2,15 @@
 
 ``auto`` turns bfloat16 autocast on where the device computes bfloat16 natively and off elsewhere:
 
-* CPU: the instruction sets AVX512-BF16 or AMX-BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and
-  later). There oneDNN runs the bf16 convolutions in hardware; measured on a 2-core Xeon with AMX
-  (benchmarks/README.md, "CPU training speed"): 1.5x per training iteration over fp32 with the same allocator
-  setting, 2.0x with channels-last as well (an option: ``channels_last``); validation Dice as fp32 on the seeds
-  checked on the LA protocol (benchmarks/la_protocol.md, "bf16 against fp32"). Without these instructions bf16
-  is emulated and slower than fp32, so ``auto`` stays fp32.
+* CPU: AMX-BF16 (Intel Sapphire Rapids and later). There oneDNN runs the bf16 convolutions on the AMX tiles;
+  measured on a 2-core Xeon with AMX (benchmarks/README.md, "CPU training speed"): 1.5x per training iteration over
+  fp32 with the same allocator setting, 2.0x with channels-last as well (an option: ``channels_last``); validation
+  Dice as fp32 on the seeds checked on the LA protocol (benchmarks/la_protocol.md, "bf16 against fp32"). CPUs with
+  AVX512-BF16 but no AMX (AMD Zen 4) stay fp32: there oneDNN's bf16 conv3d backward returned NaN weight gradients
+  intermittently (about 1 training run in 4 of the bundles' tiny test network, 32^3 patches, on a 2-core AMD EPYC;
+  found with ``torch.autograd.set_detect_anomaly``: ``ConvolutionBackward0``, the bottleneck convolution), which
+  the trainer can only skip; fp32 was reproducible bit for bit there. Without either instruction set bf16 is
+  emulated and slower than fp32. ``amp: true`` still forces bf16 autocast on any CPU.
 * CUDA: GPUs with native bf16 (``torch.cuda.is_bf16_supported()``: Ampere and later).
 
 ``amp: false`` forces fp32 everywhere (the flag for reproducing fp32 results); ``amp: true`` forces autocast with
@@ -29,11 +32,12 @@ AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}  # autocast 
 
 
 def native_bf16(device: str | torch.device) -> bool:
-    """True when ``device`` computes bfloat16 in hardware (CPU: AVX512-BF16 or AMX; CUDA: Ampere or later)."""
+    """True when ``device`` computes bfloat16 in hardware where ``auto`` was measured and checked (CPU: AMX; CUDA:
+    Ampere or later; see the module docstring for CPUs with AVX512-BF16 only)."""
     device = torch.device(device)
     if device.type == "cpu":
-        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(bool(probe()) for probe in probes if probe is not None) and torch.backends.mkldnn.is_available()
+        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return probe is not None and bool(probe()) and torch.backends.mkldnn.is_available()
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     return False

@@ -19,7 +19,8 @@ def _cpu_flags() -> set[str]:
 
 def test_native_bf16_matches_the_cpu_flags():
     flags = _cpu_flags()
-    expected = bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
+    # AMX only: AVX512-BF16 without AMX (AMD Zen 4) gave NaN weight gradients in oneDNN's bf16 conv3d backward
+    expected = "amx_bf16" in flags and torch.backends.mkldnn.is_available()
     assert native_bf16("cpu") is expected
     assert native_bf16(torch.device("cpu")) is expected
     assert native_bf16("meta") is False
