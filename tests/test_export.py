@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import warnings
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from custom.export import ExportError, check_metadata, config_modules, export_bundle
+from custom.export import ExportError, code_files, check_metadata, config_modules, export_bundle
 from custom.networks import UNet3D
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +56,7 @@ ENV.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", PYTHONUNBUFFERE
 DRIVER = f"""
 import json, runpy, sys
 sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '') + repr(f)]
-sys.path[:] = [p for p in sys.path if p != {str(REPO)!r} and not p.startswith({str(REPO)!r} + '/')]
+sys.path[:] = [p for p in sys.path if p != {str(REPO)!r}]  # (the venv may lie inside the repository)
 try:
     import custom
 except ImportError:
@@ -218,18 +217,14 @@ def test_exported_runs_without_repo(ws: dict[str, Path], runs: dict[str, dict[st
     used = set().union(*(_module_files(m, bundle) for m in runs.values()))
     code = _files(bundle / "scripts")
     assert used <= code  # automatically true: every imported scripts module lies inside the export
-    docs = " ".join(p.read_text() for p in (bundle / "docs").glob("*.md"))
-    named = {m.strip(".") for m in re.findall(r"(?<![\w.])scripts((?:\.\w+)+)", docs)}
-
-    def doc_named(rel: str) -> bool:
-        module = rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-        return module == "__init__" or any(n == module or n.startswith(module + ".") for n in named)
-
+    # what the docs need: the modules they name (``python -m scripts.data.la``) and everything those import
+    docs = [p.read_text() for p in (bundle / "docs").glob("*.md")]
+    for_docs = {str(f) for f in code_files(docs)}
     unused = sorted(code - used)
-    only_docs = [f for f in unused if doc_named(f)]
+    only_docs = [f for f in unused if f in for_docs]
     if only_docs:
-        warnings.warn(f"exported modules that only docs/*.md name (no run imported them): {only_docs}")
-    assert not [f for f in unused if not doc_named(f)], f"exported but never used: {unused}"
+        warnings.warn(f"exported modules that only docs/*.md need (no run imported them): {only_docs}")
+    assert not [f for f in unused if f not in for_docs], f"exported but never used: {unused}"
 
 
 def test_export_with_model_and_torchscript(ws: dict[str, Path], runs: dict[str, dict[str, str]]):
