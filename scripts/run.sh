@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point that does its own set-up on a fresh machine (Python 3.10+):
 #   bash scripts/run.sh demo [args]   quick DyCON demo (prepare data, train, evaluate, infer) on the CPU
-#   bash scripts/run.sh test [args]   the test suite (pytest)
+#   bash scripts/run.sh test [args]   the test suite (pytest on $DYCON_TEST_WORKERS workers, default 2; -n 0: one process)
 #   bash scripts/run.sh setup         only create .venv and install the pinned dependencies (those of the tests)
 # The virtual environment lives in .venv (override with DYCON_VENV). Nothing is downloaded at run time.
 # setup / test also create .venv-zoo (override with DYCON_ZOO_VENV) when the model zoo's CI copy is present
@@ -82,6 +82,6 @@ case "$cmd" in
   setup) setup "test,monailabel,lint"; setup_zoo ;;
   demo) setup test; exec "$venv/bin/python" -m custom demo "$@" ;;
   test) setup "test,monailabel,lint"; setup_zoo; export DYCON_ZOO_VENV="${DYCON_ZOO_VENV:-$here/.venv-zoo}"
-        exec "$venv/bin/python" -m pytest -q "$@" ;;
+        exec "$venv/bin/python" -m pytest -q -n "${DYCON_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   *) echo "usage: bash scripts/run.sh {demo|test|setup} [args]" >&2; exit 2 ;;
 esac
