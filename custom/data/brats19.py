@@ -779,12 +779,6 @@ def synth_brats19(
     return dst_p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_brats19`, with the options of ``dycon prepare brats19``: from a bundle folder
-    ``python -m scripts.data.brats19 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.brats19``
-    (:func:`~.datalist.prepare_main`)."""
-    prepare_main(prepare_brats19, argv, __spec__.name if __spec__ is not None else __name__)
-
-
+# python -m scripts.data.brats19 in a bundle folder (custom.data.brats19 here), the options of dycon prepare brats19
 if __name__ == "__main__":
-    main()
+    prepare_main(prepare_brats19, __spec__.name)

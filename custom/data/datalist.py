@@ -431,14 +431,14 @@ def check_split_arguments(labeled: Any, fraction: Any, random: Any, overwrite: A
         )
 
 
-def prepare_main(prepare: Callable[..., Any], argv: Sequence[str] | None, module: str) -> None:
+def prepare_main(prepare: Callable[..., Any], module: str) -> None:
     """``python -m <module> ...``: ``prepare`` (a ``prepare_<dataset>`` function) on the command line through
     python-fire, its options as those of ``dycon prepare <dataset>``. Prints the datalist's path; an error a user can
     fix (a :class:`DatasetError`, a missing file, a bad option) is one line on stderr with exit status 2."""
     import fire
 
     try:
-        fire.Fire(prepare, command=None if argv is None else list(argv), name=module)
+        fire.Fire(prepare, name=module)
     except (FileNotFoundError, ValueError) as err:
         print(f"python -m {module}: error: {err}", file=sys.stderr)
         sys.exit(2)

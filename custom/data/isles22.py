@@ -844,12 +844,6 @@ def synth_isles22(
     return dst_p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_isles22`, with the options of ``dycon prepare isles22``: from a bundle folder
-    ``python -m scripts.data.isles22 --src RAW --dst PREPARED``, in the repository ``python -m custom.data.isles22``
-    (:func:`~.datalist.prepare_main`)."""
-    prepare_main(prepare_isles22, argv, __spec__.name if __spec__ is not None else __name__)
-
-
+# python -m scripts.data.isles22 in a bundle folder (custom.data.isles22 here), the options of dycon prepare isles22
 if __name__ == "__main__":
-    main()
+    prepare_main(prepare_isles22, __spec__.name)

@@ -617,12 +617,6 @@ def synth_la_h5(
     return dst_p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_la`, with the options of ``dycon prepare la``: from a bundle folder
-    ``python -m scripts.data.la --src RAW --dst PREPARED``, in the repository ``python -m custom.data.la``
-    (:func:`~.datalist.prepare_main`)."""
-    prepare_main(prepare_la, argv, __spec__.name if __spec__ is not None else __name__)
-
-
+# python -m scripts.data.la in a bundle folder (custom.data.la here), the options of dycon prepare la
 if __name__ == "__main__":
-    main()
+    prepare_main(prepare_la, __spec__.name)

@@ -1116,12 +1116,6 @@ def synth_pancreas(
     return dst_p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line of :func:`prepare_pancreas`, with the options of ``dycon prepare pancreas``: from a bundle folder
-    ``python -m scripts.data.pancreas --src RAW --dst PREPARED``, in the repository ``python -m custom.data.pancreas``
-    (:func:`~.datalist.prepare_main`)."""
-    prepare_main(prepare_pancreas, argv, __spec__.name if __spec__ is not None else __name__)
-
-
+# python -m scripts.data.pancreas in a bundle folder (custom.data.pancreas here), the options of dycon prepare pancreas
 if __name__ == "__main__":
-    main()
+    prepare_main(prepare_pancreas, __spec__.name)
