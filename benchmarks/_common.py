@@ -78,17 +78,6 @@ def bundle_dir(bundle: str) -> Path:
     return REPO / "bundles" / f"dycon_{bundle}"
 
 
-def import_bundle_scripts(bundle: str) -> Path:
-    """Make ``import scripts`` (what the bundle configs import) this bundle's ``scripts`` package, as running from the
-    bundle folder does: the folder first on ``sys.path`` and any ``scripts`` imported before unloaded (MONAI Label's
-    way of switching bundles). Returns the bundle folder."""
-    root = bundle_dir(bundle)
-    sys.path[:] = [str(root)] + [p for p in sys.path if p != str(root)]
-    for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
-        del sys.modules[name]
-    return root
-
-
 def machine() -> dict[str, Any]:
     """What ran the benchmark."""
     import torch

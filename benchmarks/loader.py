@@ -30,7 +30,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import BUNDLES, import_bundle_scripts, machine, stats
+from benchmarks._common import BUNDLES, bundle_dir, machine, stats
+from custom.export import bundle_code
 
 
 def _synthetic_dataset(root: Path, cases: int, volume: list[int]) -> Path:
@@ -44,31 +45,32 @@ def time_loaders(bundle: str, dataset_dir: Path, num_workers: int, batches: int,
                  patch: list[int] | None, batch: list[int] | None) -> dict:
     from monai.bundle import ConfigParser
 
-    root = import_bundle_scripts(bundle)  # the configs import the bundle's own ``scripts`` package
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "train.yaml"))
-    parser.update({"bundle_root": str(root), "dataset_dir": str(dataset_dir),
-                   "num_workers": num_workers})
-    if patch:
-        parser["patch_size"] = list(patch)
-    if batch:
-        parser["labeled_batch_size"], parser["unlabeled_batch_size"] = batch
-    out: dict = {"num_workers": num_workers}
-    for name, key in (("labeled", "train#dataloader"), ("unlabeled", "train#unlabeled#dataloader")):
-        t0 = time.perf_counter()
-        dataset = parser.get_parsed_content(key.replace("dataloader", "dataset"))
-        out[f"{name}_cache_build_s"] = time.perf_counter() - t0
-        out[f"{name}_cases"] = len(dataset)
-        loader = parser.get_parsed_content(key)
-        if loader is None:
-            continue
-        it = iter(loader)
-        times = []
-        for i in range(warmup + batches):
+    root = bundle_dir(bundle)
+    with bundle_code(root):  # the configs import the bundle's own ``scripts`` package
+        parser = ConfigParser()
+        parser.read_config(str(root / "configs" / "train.yaml"))
+        parser.update({"bundle_root": str(root), "dataset_dir": str(dataset_dir),
+                       "num_workers": num_workers})
+        if patch:
+            parser["patch_size"] = list(patch)
+        if batch:
+            parser["labeled_batch_size"], parser["unlabeled_batch_size"] = batch
+        out: dict = {"num_workers": num_workers}
+        for name, key in (("labeled", "train#dataloader"), ("unlabeled", "train#unlabeled#dataloader")):
             t0 = time.perf_counter()
-            b = next(it)
-            times.append(time.perf_counter() - t0)
-        out[name] = {**stats(times[warmup:]), "first_s": times[:warmup], "batch_shape": list(b["image"].shape)}
+            dataset = parser.get_parsed_content(key.replace("dataloader", "dataset"))
+            out[f"{name}_cache_build_s"] = time.perf_counter() - t0
+            out[f"{name}_cases"] = len(dataset)
+            loader = parser.get_parsed_content(key)
+            if loader is None:
+                continue
+            it = iter(loader)
+            times = []
+            for i in range(warmup + batches):
+                t0 = time.perf_counter()
+                b = next(it)
+                times.append(time.perf_counter() - t0)
+            out[name] = {**stats(times[warmup:]), "first_s": times[:warmup], "batch_shape": list(b["image"].shape)}
     return out
 
 

@@ -28,6 +28,7 @@ models/model.ts`` on the export (with ``ckpt_overrides``, e.g. the network size 
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import re
@@ -35,12 +36,14 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CODE_PACKAGE",
+    "bundle_code",
     "ExportError",
     "check_metadata",
     "code_files",
@@ -59,6 +62,30 @@ REPO_BUNDLES = PACKAGE_DIR.parent / "bundles"
 _SKIP_DIRS = {"eval", "__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
 _SKIP_SUFFIXES = {".pyc", ".pyo"}
 _DOTTED = re.compile(rf"(?<![\w.]){CODE_PACKAGE}((?:\.\w+)+)")
+
+
+@contextmanager
+def bundle_code(bundle_root: str | os.PathLike[str]) -> Iterator[None]:
+    """Inside the block, ``import scripts`` (what a bundle's configs import) is the code package of the bundle folder
+    ``bundle_root``, as when the bundle runs from its folder, for parsing its configs in this process: the folder
+    first on ``sys.path`` and every ``scripts`` / ``scripts.*`` module dropped from ``sys.modules`` before (another
+    bundle's) and after, which is how MONAI Label switches between bundles (``sys.path.insert(0, bundle_path);
+    unload_module("scripts")``); ``sys.path`` is restored. Objects made inside keep their ``scripts.<module>``
+    classes, which are other module objects than this package's."""
+
+    def unload() -> None:
+        for name in [m for m in sys.modules if m == CODE_PACKAGE or m.startswith(CODE_PACKAGE + ".")]:
+            del sys.modules[name]
+
+    saved = sys.path[:]
+    unload()
+    sys.path.insert(0, str(bundle_root))
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+        unload()
 
 
 class ExportError(ValueError):

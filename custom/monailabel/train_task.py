@@ -30,15 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.bundle import BundleConstants, BundleTrainTask
-from monailabel.utils.others.class_utils import unload_module
 from monailabel.utils.others.generic import strtobool
+
+from ..export import bundle_code
 
 logger = logging.getLogger(__name__)
 
@@ -112,26 +110,13 @@ class DyCONBundleTrainTask(BundleTrainTask):
         finally:
             self._unlabeled = None
 
-    @contextmanager
-    def _bundle_code(self) -> Iterator[None]:
-        """Resolve config ids with this bundle's own ``scripts`` importable (its ``$import scripts...`` lines run on
-        every resolution), as MONAI Label does around a run: the bundle folder first on ``sys.path``, any other
-        bundle's ``scripts`` unloaded before and this one's after."""
-        sys.path.insert(0, self.bundle_path)
-        unload_module("scripts")
-        try:
-            yield
-        finally:
-            sys.path.remove(self.bundle_path)
-            unload_module("scripts")
-
     def _parsed(self, key: str, default: Any = None) -> Any:
         """The resolved value of config id ``key`` (``default`` when the bundle has none or it cannot be resolved
         before the run)."""
         if self.bundle_config.get(key) is None:
             return default
         try:
-            with self._bundle_code():
+            with bundle_code(self.bundle_path):  # its `$import scripts...` lines run on every resolution
                 return self.bundle_config.get_parsed_content(key, instantiate=True)
         except Exception as err:  # noqa: BLE001 (an id that only resolves inside the run)
             logger.warning("DyCON: config id %r of %s not resolved (%s); using %r", key, self.bundle_path, err, default)

@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 import torch
 
+from custom.export import bundle_code
 from custom.metrics import dice as dice_of
 from custom.metrics import iou as iou_of
 from custom.networks import UNet3D
@@ -84,28 +85,8 @@ def run(*args: str | Path, log: Path | None = None, timeout: int = 600, cwd: Pat
     return out
 
 
-@contextlib.contextmanager
-def bundle_on_path(root: str | Path) -> Iterator[None]:
-    """Parse a bundle's configs in this process: ``root`` (a bundle folder) first on ``sys.path`` so that the
-    configs' ``scripts`` is that bundle's package (what MONAI Label does: ``sys.path.insert(0, bundle_path);
-    unload_module("scripts")``). ``scripts`` / ``scripts.*`` are dropped from ``sys.modules`` before (another
-    bundle's, or the repository's ``scripts/`` folder as a namespace package) and after; ``sys.path`` is restored.
-    Objects parsed inside keep their classes (``scripts.<module>.<name>``, other module objects than
-    ``custom.<module>``): compare with classes imported inside the block, e.g. :func:`scripts_attr`."""
-
-    def unload() -> None:
-        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-            del sys.modules[name]
-
-    saved = sys.path[:]
-    unload()
-    sys.path.insert(0, str(root))
-    importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        sys.path[:] = saved
-        unload()
+#: parse a bundle's configs in this process with its own ``scripts`` package (MONAI Label's way of switching bundles)
+bundle_on_path = bundle_code
 
 
 def scripts_attr(module: str, name: str) -> Any:
