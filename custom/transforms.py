@@ -1,17 +1,27 @@
-"""The transform chains of the DyCON bundles, so that the four bundles' configs stay short and cannot diverge.
+"""Transforms of the DyCON bundles that MONAI lacks, and the training augmentation the four bundles share.
 
-Intensity preprocessing specific to a dataset (cropping, clipping, resampling, windowing) happens once, in
-``dycon prepare``; the bundles only load, orient (RAS), z-score and augment. Inference applies the same loading and
-z-scoring and inverts the orientation afterwards (``Invertd``), so masks come back in the input's geometry.
+Every preprocessing step a model depends on (orientation, resampling, intensity window or clip, crop,
+normalisation) is listed in the bundle's configs (``preprocessing_transforms`` in train.yaml and inference.yaml: the
+same list for training, validation, evaluation, inference and MONAI Label); ``dycon prepare`` only converts formats.
+This module adds what those lists need beyond MONAI:
+
+* :class:`Spacingd` - MONAI's ``Spacingd`` that works under MONAI Label 0.8.5 with monai 1.6.1;
+* :class:`CropAroundLabeld` - the literature's crop around the ground-truth label (a protocol option for comparison
+  with papers only; a no-op where an item has no label);
+* :func:`augmentation` - pad, crop one patch, 90-degree rotations and flips (the released code's augmentation);
+* :func:`protocol_name` - how outputs say whether the label was used to crop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
+import monai.transforms
 import torch
 from monai.transforms import (
     Compose,
+    CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -27,7 +37,82 @@ from monai.transforms import (
 
 from .flags import as_bool
 
-__all__ = ["load_transforms", "augmentation", "training_transforms", "evaluation_transforms", "inference_transforms"]
+__all__ = [
+    "CropAroundLabeld",
+    "Spacingd",
+    "augmentation",
+    "evaluation_transforms",
+    "inference_transforms",
+    "load_transforms",
+    "protocol_name",
+    "training_transforms",
+]
+
+LABEL_CROP_NOTE = "label_crop: images cropped around the ground-truth label (uses the label; for comparison with papers only)"
+
+
+class Spacingd(monai.transforms.Spacingd):
+    """``monai.transforms.Spacingd`` (resample ``keys`` to ``pixdim``) that leaves items such as ``image_path``
+    alone.
+
+    monai 1.6's ``Spacingd`` calls ``.update(meta)`` on every item whose key starts with ``"<key>_"`` once it has
+    resampled a NIfTI ``<key>``; MONAI Label 0.8.5 puts the string ``image_path`` into the data, so the bundle's
+    inference fails there (HTTP 500: ``'str' object has no attribute 'update'``). This subclass sets such non-dict
+    items aside around the call and puts them back unchanged; everything else, including the inverse that
+    ``Invertd`` applies, is MONAI's. Arguments are those of ``monai.transforms.Spacingd``.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {
+            k: v
+            for k, v in data.items()
+            if isinstance(k, str) and k.startswith(prefixes) and not isinstance(v, Mapping)
+        }
+        d = super().__call__({k: v for k, v in data.items() if k not in aside}, lazy=lazy)
+        d.update(aside)
+        return d
+
+
+class CropAroundLabeld(CropForegroundd):
+    """The literature's crop of LA and Pancreas: ``keys`` cropped to the bounding box of ``label_key`` > 0 plus
+    ``margin`` voxels per spatial axis (``None``: that axis is not cropped), clipped to the image.
+
+    A protocol option for comparison with papers only (UA-MT, MC-Net+, DyCON crop every case, test cases included,
+    around its ground truth): a model trained this way needs the label at inference. Items without ``label_key``
+    (unlabeled training cases, inference inputs) pass unchanged, so labels of unlabeled cases are never needed.
+    Invertible like ``CropForegroundd`` (``Invertd`` pads predictions back to the uncropped grid).
+
+    Args:
+        keys: keys to crop, e.g. ``["image", "label"]`` (missing keys are allowed).
+        label_key: the label whose foreground places the box.
+        margin: voxels added on both sides per spatial axis, e.g. ``[20, 20, None]`` (x and y, z whole).
+    """
+
+    def __init__(
+        self, keys: Sequence[str], label_key: str = "label", margin: Sequence[int | None] = (20, 20, None), **kwargs: Any
+    ) -> None:
+        big = 1 << 30  # larger than any image: the clipped box is the whole axis
+        self.label_margin = tuple(None if m is None else int(m) for m in margin)
+        super().__init__(
+            keys=keys,
+            source_key=label_key,
+            margin=[big if m is None else m for m in self.label_margin],
+            allow_smaller=True,
+            allow_missing_keys=True,
+            **kwargs,
+        )
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, torch.Tensor]:
+        if self.source_key not in data:
+            return dict(data)
+        return super().__call__(data, lazy=lazy)
+
+
+def protocol_name(label_crop: Any) -> str:
+    """``"label_free"``, or :data:`LABEL_CROP_NOTE` when images were cropped around their ground-truth label: the
+    evaluation writes it into its metrics files, so no number made with the label reads as a label-free one."""
+    return LABEL_CROP_NOTE if as_bool(label_crop, "label_crop") else "label_free"
 
 
 def load_transforms(keys: Sequence[str] = ("image", "label"), normalize_nonzero: bool = False) -> list[MapTransform]:

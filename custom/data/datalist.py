@@ -53,6 +53,7 @@ __all__ = [
     "atomic_dataset",
     "build_datalist",
     "carve_validation",
+    "check_complete",
     "check_destination",
     "read_datalist",
     "read_id_list",
@@ -209,18 +210,39 @@ def read_id_list(path: str | os.PathLike[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ datalist
 
 
+def check_complete(problems: Mapping[str, str], skip_incomplete: Any, what: str = "release") -> dict[str, str]:
+    """The common rule for cases that cannot be prepared (missing or empty files, a listed case absent, a label
+    whose geometry disagrees with its image, ...): ``problems`` maps each such case id to its reason.
+
+    Without ``skip_incomplete`` any problem is a :class:`DatasetError` that names every case and its reason (the
+    caller raises it before writing anything). With it, the cases are returned (``id -> reason``, sorted) for the
+    caller to leave out, print in its summary and record in the datalist (``build_datalist(..., skipped=...)``).
+    """
+    skip = _check_bool(skip_incomplete, "skip_incomplete")
+    problems = {str(k): str(v) for k, v in sorted(problems.items())}
+    if problems and not skip:
+        listed = "; ".join(f"{i}: {r}" for i, r in problems.items())
+        raise DatasetError(
+            f"{what}: {len(problems)} case(s) cannot be prepared ({listed}); nothing was written. Fix them, or pass "
+            "--skip-incomplete to leave them out (they are then listed in the summary and the datalist)"
+        )
+    return problems
+
+
 def build_datalist(
     split: Split,
     test: Sequence[str],
     image_path: Callable[[str], str],
     label_path: Callable[[str], str],
     metadata: Mapping[str, Any],
+    skipped: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Assemble the datalist dict. ``image_path``/``label_path`` map an id to a path relative to the dataset dir.
 
     ``unlabeled`` entries carry NO ``label`` key (their label files may exist on disk, e.g. to evaluate
     pseudo-labels, but training code must not see them). ``metadata`` goes into the ``dycon`` block, completed
-    with the writer marker, counts and the labeled ids.
+    with the writer marker, counts and the labeled ids; ``skipped`` (case id -> reason, from
+    :func:`check_complete` with ``--skip-incomplete``) goes there too, as ``"skipped"``.
     """
 
     def labeled_entry(i: str) -> dict[str, str]:
@@ -237,6 +259,7 @@ def build_datalist(
     meta["counts"] = {k: len(datalist[k]) for k in SPLIT_KEYS}
     meta["labeled_ids"] = list(split.labeled)
     meta["validation_ids"] = list(split.validation)
+    meta["skipped"] = dict(skipped or {})
     datalist["dycon"] = meta
     assert_disjoint(datalist)
     return datalist

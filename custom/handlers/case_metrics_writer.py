@@ -200,6 +200,9 @@ class CaseMetricsWriter:
         save_rank: rank that writes the files in distributed evaluation.
         logger_name: logger for the table (default ``"CaseMetricsWriter"``).
         columns: names of the metric columns (default: see above).
+        protocol: how the inputs were made (``custom.transforms.protocol_name``: ``"label_free"``, or a note that the
+            images were cropped around their ground-truth label); when given, a ``protocol`` column of the CSV and
+            the ``"protocol"`` key of the summary carry it, so no figure made with the label reads as label-free.
     """
 
     def __init__(
@@ -212,7 +215,9 @@ class CaseMetricsWriter:
         save_rank: int = 0,
         logger_name: str | None = None,
         columns: Sequence[str] | None = None,
+        protocol: str | None = None,
     ) -> None:
+        self.protocol = protocol
         self.columns = None if columns is None else tuple(str(c) for c in columns)
         self.output_dir = str(output_dir)
         self.metric_name = metric_name
@@ -313,9 +318,10 @@ class CaseMetricsWriter:
         json_path = os.path.join(self.output_dir, f"{self.filename_prefix}metrics_summary.json")
         with open(csv_path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["filename", *columns])
+            extra = [] if self.protocol is None else [self.protocol]
+            w.writerow(["filename", *columns, *(["protocol"] if extra else [])])
             for fn, row in zip(filenames, values):
-                w.writerow([fn, *(_cell(name, v) for name, v in zip(columns, row))])
+                w.writerow([fn, *(_cell(name, v) for name, v in zip(columns, row)), *extra])
         stats = summarize_case_metrics(values, columns)
         all_units = {**METRIC_UNITS, **LESION_METRIC_UNITS}
         summary: dict[str, Any] = {
@@ -334,6 +340,8 @@ class CaseMetricsWriter:
                 "std is the population std (ddof=0)."
             ),
         }
+        if self.protocol is not None:
+            summary["protocol"] = self.protocol
         lesion_cols = [c for c in columns if c in LESION_WISE_METRICS]
         if lesion_cols:
             summary["lesion_wise"] = lesion_cols
