@@ -85,3 +85,56 @@ def test_inference_chain_inverts_to_input_geometry(case):
     original = nib.load(case["image"])
     assert tuple(back.shape[1:]) == original.shape
     np.testing.assert_allclose(back.affine.numpy(), original.affine, atol=1e-6)
+
+
+# ------------------------------------------------------------------ transforms the bundles' chains add to MONAI's
+
+
+def test_spacingd_keeps_monailabel_path_items(case):
+    """MONAI Label 0.8.5 puts the string ``image_path`` next to ``image``: MONAI 1.6.1's Spacingd fails on it
+    (``'str' object has no attribute 'update'``), ours resamples exactly like MONAI's and keeps the item."""
+    import monai.transforms as mt
+
+    from custom.transforms import Spacingd
+
+    load = mt.Compose([mt.LoadImaged("image", image_only=True), mt.EnsureChannelFirstd("image")])
+    data = load({"image": case["image"]})
+    with pytest.raises(AttributeError, match="update"):
+        mt.Spacingd("image", pixdim=(1.0, 1.0, 1.0))({**data, "image_path": case["image"]})
+    ours = Spacingd("image", pixdim=(1.0, 1.0, 1.0))({**data, "image_path": case["image"]})
+    ref = mt.Spacingd("image", pixdim=(1.0, 1.0, 1.0))(dict(data))
+    assert ours["image_path"] == case["image"]
+    assert ours["image"].shape == ref["image"].shape == (1, 32, 29, 39)
+    assert torch.equal(ours["image"].as_tensor(), ref["image"].as_tensor())
+
+
+def test_crop_around_label_crops_xy_only_and_inverts(case):
+    import monai.transforms as mt
+
+    from custom.transforms import CropAroundLabeld
+
+    load = mt.Compose(
+        [
+            mt.LoadImaged(["image", "label"], image_only=True, allow_missing_keys=True),
+            mt.EnsureChannelFirstd(["image", "label"], allow_missing_keys=True),
+        ]
+    )
+    crop = CropAroundLabeld(["image", "label"], margin=(3, 2, None))
+    chain = mt.Compose([load, crop])
+    out = chain(dict(case))
+    # label box x 10..19, y 8..15 (inclusive) plus the margins; z (20 slices) whole
+    assert out["image"].shape == (1, 16, 12, 20) and out["label"].shape == (1, 16, 12, 20)
+    assert int(out["label"].sum()) == 10 * 8 * 7
+    unlabeled = chain({"image": case["image"]})  # no label: unchanged, nothing traced
+    assert unlabeled["image"].shape == (1, 40, 36, 20) and len(unlabeled["image"].applied_operations) == 0
+    out["pred"] = out["label"].clone()
+    restored = Invertd("pred", transform=chain, orig_keys="label", nearest_interp=True)(out)["pred"]
+    assert restored.shape == (1, 40, 36, 20)
+    assert int(restored[0, 10:20, 8:16, 5:12].sum()) == 10 * 8 * 7 and int(restored.sum()) == 10 * 8 * 7
+
+
+def test_protocol_name():
+    from custom.transforms import LABEL_CROP_NOTE, protocol_name
+
+    assert protocol_name(False) == "label_free" and protocol_name("false") == "label_free"
+    assert protocol_name(True) == LABEL_CROP_NOTE and "uses the label" in LABEL_CROP_NOTE

@@ -236,3 +236,23 @@ def test_foreign_destination_is_never_touched(tmp_path: Path, leftovers):
     a_file.write_text("x")
     with pytest.raises(DatasetError, match="not a dataset"):
         check_destination(a_file, {})
+
+
+def test_check_complete_names_every_case_or_returns_them_for_skipping():
+    from custom.data.datalist import check_complete
+
+    problems = {"case07": "label file missing", "case02": "empty case folder"}
+    with pytest.raises(DatasetError) as err:
+        check_complete(problems, False, "TOY release")
+    text = str(err.value)
+    assert "2 case(s)" in text and "case02: empty case folder" in text and "case07: label file missing" in text
+    assert "nothing was written" in text and "--skip-incomplete" in text
+    assert check_complete(problems, True) == {"case02": "empty case folder", "case07": "label file missing"}
+    assert check_complete({}, False) == {}
+    with pytest.raises(DatasetError, match="skip_incomplete must be True or False"):
+        check_complete({}, "yes")
+    split = split_training(IDS[:6], labeled=2)
+    dl = _datalist(split, [])
+    assert dl["dycon"]["skipped"] == {}
+    skipped = build_datalist(split, [], str, str, {"dataset": "TOY"}, skipped={"case07": "label file missing"})
+    assert skipped["dycon"]["skipped"] == {"case07": "label file missing"}

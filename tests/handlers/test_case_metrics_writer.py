@@ -370,3 +370,25 @@ def test_bundle_config_wiring_with_lesion_metrics(tmp_path):
     )
     evaluator.run()
     assert _read_csv(tmp_path / "metrics_per_case.csv")[0][-5:] == LESION_NAMES
+
+
+def test_writer_labels_the_protocol(tmp_path):
+    """A run whose inputs were cropped around the ground-truth label says so in every row and in the summary."""
+    from custom.transforms import LABEL_CROP_NOTE, protocol_name
+
+    loader = DataLoader(Dataset(_cases()), batch_size=3, num_workers=0)
+    for label_crop, sub in ((True, "crop"), (False, "free")):
+        evaluator = SupervisedEvaluator(
+            device=torch.device("cpu"),
+            val_data_loader=loader,
+            network=torch.nn.Identity(),
+            key_val_metric={"case": CaseMetricsHandler(key="dice", output_transform=from_engine(["pred", "label"]))},
+            val_handlers=[CaseMetricsWriter(tmp_path / sub, metric_name="case", protocol=protocol_name(label_crop))],
+        )
+        evaluator.run()
+    rows = _read_csv(tmp_path / "crop" / "metrics_per_case.csv")
+    assert rows[0][-1] == "protocol" and len(rows) == 4 and all(r[-1] == LABEL_CROP_NOTE for r in rows[1:])
+    assert json.loads((tmp_path / "crop" / "metrics_summary.json").read_text())["protocol"] == LABEL_CROP_NOTE
+    free = _read_csv(tmp_path / "free" / "metrics_per_case.csv")
+    assert all(r[-1] == "label_free" for r in free[1:])
+    assert json.loads((tmp_path / "free" / "metrics_summary.json").read_text())["protocol"] == "label_free"
