@@ -55,13 +55,15 @@ from custom.networks import UNet3D  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "dycon_la"
 OTHER = "dycon_brats19"  # the second DyCON bundle of the app
+CT = "dycon_pancreas"  # the third: serves a raw CT study
 ZOO = "zoo_toy"  # a model-zoo style bundle (inference only) whose own scripts/ also has a `networks` module
 SMALL_NET = {"features": [4, 8, 16, 32, 64], "embed_dim": 16, "proj_hidden": 32}
-NETS = {MODEL: SMALL_NET, OTHER: {"features": [2, 4, 8, 16, 32], "embed_dim": 8, "proj_hidden": 16}}
+NETS = {MODEL: SMALL_NET, OTHER: {"features": [2, 4, 8, 16, 32], "embed_dim": 8, "proj_hidden": 16},
+        CT: {"features": [3, 6, 12, 24, 48], "embed_dim": 8, "proj_hidden": 16}}  # fmt: skip
 TINY_TRAIN = {"patch_size": [32, 32, 32], "epoch_length": 2, "val_interval": 1, "labeled_batch_size": 1,
               "unlabeled_batch_size": 1, "num_workers": 0}  # fmt: skip
 #: per bundle: OTHER validates every 3 epochs, more than its 1-epoch MONAI Label training
-TRAIN_EXTRA = {MODEL: {}, OTHER: {"val_interval": 3}}
+TRAIN_EXTRA = {MODEL: {}, OTHER: {"val_interval": 3}, CT: {}}
 TINY_INFER = {"patch_size": [32, 32, 32], "num_workers": 0, "sw_batch_size": 1}
 #: printed by the first item of each copy's ``run`` list: the file of the training step of the trainer that runs
 #: (no "import" in the expression: MONAI would try to parse it as an import statement)
@@ -233,7 +235,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("monailabel")
-    app = _make_app(root, (MODEL, OTHER))
+    app = _make_app(root, (MODEL, OTHER, CT))
     install_into_app(app, [_write_zoo_bundle(root)])  # copied as it is (not a repository bundle)
     studies = root / "studies"
     _write_studies(studies, LABELED, UNLABELED)
@@ -242,7 +244,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cmd = [
         sys.executable, "-m", "monailabel.main", "start_server",
         "--app", str(app), "--studies", str(studies),
-        "--conf", "models", f"{MODEL},{OTHER},{ZOO}", "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+        "--conf", "models", f"{MODEL},{OTHER},{CT},{ZOO}", "--conf", "zoo_source", "github", "--conf", "sam2", "false",
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with open(log, "w") as out:
@@ -263,7 +265,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"the MONAI Label server did not answer /info/ within {START_TIMEOUT} s:\n{_tail(log)}")
                 time.sleep(1)
-        for name in (MODEL, OTHER):
+        for name in (MODEL, OTHER, CT):
             assert name in info["models"] and name in info["trainers"], info
         assert ZOO in info["models"] and ZOO not in info["trainers"], info  # no train config: inference only
         assert info["datastore"]["total"] == len(LABELED) + len(UNLABELED), info["datastore"]
@@ -491,3 +493,110 @@ def test_copy_bundle_keeps_other_bundles_as_they_are(tmp_path: Path) -> None:
     (app / "model" / "not_a_bundle").mkdir()
     with pytest.raises(FileExistsError, match="is not a bundle"):
         copy_bundle(src, app, name="not_a_bundle")
+
+
+# ------------------------------------------------------------------ raw studies, as they come from the scanner
+
+
+def _raw_lge_mri(folder: Path) -> Path:
+    """An uncropped LGE-MRI exactly as the LA challenge ships it: ``lgemri.nrrd`` (uint8, LPS header, 1 mm space
+    directions), from the synthetic release generator."""
+    from custom.data.la import IMAGE_NRRD, synth_la
+
+    release = synth_la(folder / "la_release", n_train=1, n_test=0, shape=(48, 40, 36), seed=3)
+    case = next(p for p in release.iterdir() if p.is_dir())
+    return case / IMAGE_NRRD
+
+
+def _raw_flair(folder: Path) -> Path:
+    """A clinical-looking FLAIR: a synthetic BraTS FLAIR (1 mm, skull-stripped) re-sliced to 3 mm slices and stored
+    with the rows flipped and the first two axes swapped, so its affine is neither RAS nor isotropic."""
+    from custom.data.brats19 import synth_brats19
+
+    release = synth_brats19(folder / "brats_release", n_hgg=1, n_lgg=0, shape=(48, 44, 36), seed=5)
+    flair = next(release.rglob("*_flair.nii.gz"))
+    img = nib.load(str(flair))
+    data = np.asarray(img.dataobj)[:, :, ::3]  # every third slice: 3 mm
+    affine = img.affine @ np.diag([1.0, 1.0, 3.0, 1.0])
+    swap = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)  # voxel axes i <-> j
+    flip = np.diag([1.0, -1.0, 1.0, 1.0])
+    flip[1, 3] = data.shape[0] - 1  # new j runs backwards along the old i
+    data = np.ascontiguousarray(np.swapaxes(data, 0, 1)[:, ::-1])
+    out = folder / "flair_raw.nii.gz"
+    write_nifti(data, out, affine @ swap @ flip, np.int16)
+    return out
+
+
+def _raw_ct(folder: Path) -> Path:
+    """A contrast CT in Hounsfield units at 0.7 x 0.7 x 2.5 mm in the TCIA series' orientation (rows run
+    anterior -> posterior, as ImageOrientationPatient 1\\0\\0\\0\\-1\\0 gives): air -1000, a body ellipse of fat
+    and soft tissue, a bright enhancing organ."""
+    shape = (72, 64, 24)
+    grid = np.indices(shape).astype(float)
+    rng = np.random.default_rng(7)
+    centre = np.array(shape) / 2
+    body = ((grid[0] - centre[0]) / 32) ** 2 + ((grid[1] - centre[1]) / 26) ** 2 < 1
+    organ = ((grid - (centre + [6, -4, 0])[:, None, None, None]) ** 2 / np.array([8, 6, 4.0])[:, None, None, None] ** 2)
+    hu = np.where(body, 40.0, -1000.0) + np.where(organ.sum(0) < 1, 110.0, 0.0) + rng.normal(0, 12, shape)
+    affine = np.array([[-0.7, 0, 0, 120.0], [0, 0.7, 0, -80.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])  # not RAS
+    out = folder / "ct_raw.nii.gz"
+    write_nifti(np.rint(hu).astype(np.int16), out, affine, np.int16)
+    return out
+
+
+RAW = {"lge_raw": (MODEL, _raw_lge_mri), "flair_raw": (OTHER, _raw_flair), "ct_raw": (CT, _raw_ct)}
+
+
+def _upload(server: Server, study: str, path: Path) -> None:
+    """``PUT /datastore/image?image=<study>`` with the file as multipart form data, as a viewer uploads a study."""
+    boundary = "dycon-test-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{{}}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{server.url}/datastore/image?image={study}", data=body, method="PUT",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=60) as resp:
+        assert json.loads(resp.read())["image"] == study
+
+
+def _inference_yaml(bundle: Path, study: Path, out: Path) -> list[Path]:
+    """The masks ``configs/inference.yaml`` of the served copy (same weights, same settings) writes for ``study``."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+           "--input_path", str(study), "--output_dir", str(out)]  # fmt: skip
+    env = {k: v for k, v in _env(out).items() if k != "PYTHONPATH"}  # the copy's own scripts/, like the server
+    proc = subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return sorted(out.glob("*_seg.nii.gz"))
+
+
+@pytest.mark.parametrize("study", list(RAW))
+def test_infer_raw_study(server: Server, tmp_path: Path, study: str) -> None:
+    """A raw study of each dataset's kind, uploaded to the running server: the returned label is uint8, on the
+    study's own grid (shape and affine), with both classes present, and equal voxel for voxel to what the bundle's
+    inference.yaml gives for the same file."""
+    name, make = RAW[study]
+    path = make(tmp_path)
+    _upload(server, study, path)
+    content = server.request("POST", f"/infer/{name}?image={study}&output=image")
+    suffix = "".join(path.suffixes)  # MONAI Label answers in the study's own format (.nrrd for the LGE-MRI)
+    where = tmp_path / f"{study}_label{suffix}"
+    where.write_bytes(content)
+    served, reference = _read(where), _read(path)
+    assert served.dtype == torch.uint8, served.dtype
+    assert served.shape == reference.shape
+    np.testing.assert_allclose(served.affine.numpy(), reference.affine.numpy(), atol=1e-3)
+    assert set(np.unique(served.numpy()).tolist()) == {0, 1}  # a mask, not all background
+    (mask,) = _inference_yaml(server.bundle(name), path, tmp_path / "inference_yaml")
+    expected = _read(mask)
+    np.testing.assert_allclose(expected.affine.numpy(), reference.affine.numpy(), atol=1e-3)
+    np.testing.assert_array_equal(served.numpy(), expected.numpy())
+
+
+def _read(path: Path):
+    """The file as MONAI reads it, in its stored dtype (nrrd: LPS header -> RAS affine, like NIfTI)."""
+    from monai.transforms import LoadImage
+
+    return LoadImage(image_only=True, dtype=None)(str(path))
