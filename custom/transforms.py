@@ -48,7 +48,9 @@ __all__ = [
     "training_transforms",
 ]
 
-LABEL_CROP_NOTE = "label_crop: images cropped around the ground-truth label (uses the label; for comparison with papers only)"
+LABEL_CROP_NOTE = (
+    "label_crop: images cropped around the ground-truth label (uses the label; for comparison with papers only)"
+)
 
 
 class Spacingd(monai.transforms.Spacingd):
@@ -90,7 +92,11 @@ class CropAroundLabeld(CropForegroundd):
     """
 
     def __init__(
-        self, keys: Sequence[str], label_key: str = "label", margin: Sequence[int | None] = (20, 20, None), **kwargs: Any
+        self,
+        keys: Sequence[str],
+        label_key: str = "label",
+        margin: Sequence[int | None] = (20, 20, None),
+        **kwargs: Any,
     ) -> None:
         big = 1 << 30  # larger than any image: the clipped box is the whole axis
         self.label_margin = tuple(None if m is None else int(m) for m in margin)

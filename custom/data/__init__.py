@@ -9,16 +9,16 @@ from typing import Any
 
 from .datalist import DatasetError
 
-__all__ = ["DatasetError", "check_dataset", "inference_inputs", "load_split", "stream_loader"]
+__all__ = ["DatasetError", "check_dataset", "check_inputs", "inference_inputs", "load_split", "stream_loader"]
 
 _LAZY = {"inference_inputs", "load_split", "stream_loader"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "check_dataset":
+    if name in ("check_dataset", "check_inputs"):
         from . import validation
 
-        return validation.check_dataset
+        return getattr(validation, name)
     if name in _LAZY:
         from . import loaders
 

@@ -1,7 +1,8 @@
-"""Start-up check of a prepared dataset: every file a bundle will read, opened before anything is written.
+"""Start-up checks: every file a bundle will read, opened before anything is written.
 
     initialize:  - $custom.data.check_dataset(@datalist, in_channels=@in_channels)          (train.yaml)
                  - "$custom.data.check_dataset(@datalist, keys=('test',), in_channels=@in_channels)"  (evaluate.yaml)
+                 - $custom.data.check_inputs(@dataset#data, in_channels=@in_channels)        (inference.yaml)
 
 Each problem raises :class:`~custom.data.datalist.DatasetError` (or ``FileNotFoundError`` for a missing datalist /
 dataset folder) with ONE message naming the file and the problem, so a bad input fails in the ``initialize`` step
@@ -19,7 +20,7 @@ import numpy as np
 
 from .datalist import DatasetError
 
-__all__ = ["check_dataset", "AFFINE_TOL"]
+__all__ = ["check_dataset", "check_inputs", "AFFINE_TOL"]
 
 AFFINE_TOL = 1e-3
 
@@ -125,3 +126,58 @@ def check_dataset(
             raise DatasetError(f"{path}: the labeled 'training' list is empty: at least one labeled case is needed")
         for i, entry in enumerate(entries):
             _check_entry(entry, key, i, in_channels, None if key == "unlabeled" else label_values)
+
+
+def _is_nifti(path: str) -> bool:
+    return path.lower().endswith((".nii", ".nii.gz"))
+
+
+def _input_shape(path: str) -> tuple[int, ...]:
+    """Shape of one inference input as stored: NIfTI through nibabel (header and data), anything else MONAI reads
+    (nrrd, mha, a DICOM series folder) through ``monai.transforms.LoadImage``."""
+    if _is_nifti(path):
+        img = _open(path)
+        shape = tuple(int(s) for s in img.shape)
+        if len(shape) in (3, 4) and all(shape):
+            data = _data(img, path)
+            if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+                raise DatasetError(f"{path}: image has non-finite voxels")
+        return shape
+    import torch
+    from monai.transforms import LoadImage
+
+    try:
+        image = LoadImage(image_only=True)(path)
+    except Exception as err:  # reader errors of every kind: no reader, truncated file, not an image
+        raise DatasetError(f"{path}: unreadable or corrupt image file ({_reason(err)})") from err
+    if not bool(torch.isfinite(torch.as_tensor(image)).all()):
+        raise DatasetError(f"{path}: image has non-finite voxels")
+    return tuple(int(s) for s in image.shape)
+
+
+def check_inputs(entries: Sequence[dict[str, Any]], in_channels: int | None = None) -> None:
+    """Check every inference input before anything is written: readable (NIfTI, nrrd, mha, a DICOM series folder),
+    3-D (or 4-D with channels last), not empty, finite, and with ``in_channels`` channels (a list of files per
+    entry stacks one channel per 3-D file).
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        DatasetError: one message naming the file and the problem.
+    """
+    for entry in entries:
+        paths = entry["image"] if isinstance(entry["image"], (list, tuple)) else [entry["image"]]
+        channels = 0
+        for path in (str(p) for p in paths):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"inference input not found: {path}")
+            shape = _input_shape(path)
+            if len(shape) not in (3, 4):
+                raise DatasetError(f"{path}: image must be 3-D (X, Y, Z) or 4-D (X, Y, Z, C), got shape {shape}")
+            if not all(shape):
+                raise DatasetError(f"{path}: image is empty (shape {shape})")
+            channels += _channels(shape)
+        if in_channels is not None and channels != int(in_channels):
+            shown = paths[0] if len(paths) == 1 else f"{', '.join(map(str, paths))}"
+            raise DatasetError(
+                f"{shown}: input has {channels} channel(s) but the bundle expects in_channels={in_channels}"
+            )

@@ -140,3 +140,43 @@ def test_corrupt_nifti(ds: Path, how: str):
         path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     msg = _err(ds)
     assert "images/c1.nii.gz" in msg and ("corrupt" in msg)
+
+
+def test_check_inputs_of_inference(tmp_path: Path) -> None:
+    """inference.yaml's start-up check: raw inputs of any format MONAI reads; a bad one is one DatasetError naming it."""
+    import nrrd
+
+    from custom.data import check_inputs
+
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 6), np.int16), np.diag([-0.7, -0.7, 2.5, 1])), str(good))
+    raw = tmp_path / "lgemri.nrrd"
+    nrrd.write(
+        str(raw),
+        np.ones((8, 8, 6), np.uint8),
+        {"space": "left-posterior-superior", "space directions": np.eye(3), "space origin": np.zeros(3)},
+    )
+    check_inputs([{"image": str(good)}, {"image": str(raw)}], in_channels=1)
+    check_inputs([{"image": [str(good), str(good)]}], in_channels=2)  # one channel per 3-D file
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8), np.float32), np.eye(4)), str(flat))
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    two = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 6, 2), np.float32), np.eye(4)), str(two))
+    nan = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 6), np.nan, np.float32), np.eye(4)), str(nan))
+    broken = tmp_path / "broken.nrrd"
+    broken.write_bytes(b"NRRD0004\ngarbage")
+    cases = {
+        flat: r"flat\.nii\.gz: image must be 3-D .* got shape \(8, 8\)",
+        empty: r"empty\.nii\.gz: unreadable or corrupt image file",
+        two: r"two\.nii\.gz: input has 2 channel\(s\) but the bundle expects in_channels=1",
+        nan: r"nan\.nii\.gz: image has non-finite voxels",
+        broken: r"broken\.nrrd: unreadable or corrupt image file",
+    }
+    for path, pattern in cases.items():
+        with pytest.raises(DatasetError, match=pattern):
+            check_inputs([{"image": str(good)}, {"image": str(path)}], in_channels=1)
+    with pytest.raises(FileNotFoundError, match="inference input not found: .*missing.nii.gz"):
+        check_inputs([{"image": str(tmp_path / "missing.nii.gz")}], in_channels=1)
