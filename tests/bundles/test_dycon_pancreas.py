@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from bundle_utils import (
+    NET_ARGS,
     REPO,
     SMALL_NET,
     TRAIN_ITERS,
@@ -305,6 +306,45 @@ def test_raw_dicom_inference_matches_evaluate(synth: Run, synth_eval: str, synth
         assert agreement >= 0.9, f"{cid}: raw-DICOM inference vs evaluate Dice {agreement:.3f}"
         assert abs(dice_of(a, lab) - rows[cid]) <= 0.02, f"{cid}: {dice_of(a, lab):.4f} vs evaluate {rows[cid]:.4f}"
         print(f"{cid}: agreement Dice {agreement:.4f}, Dice vs raw label {dice_of(a, lab):.4f} (evaluate {rows[cid]:.4f})")
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _fails_cleanly(args: list[str], out: Path, pattern: str) -> None:
+    """A bundle run that must stop with one ``dycon: error:`` line matching ``pattern`` and write nothing."""
+    import re
+    import subprocess
+    import sys
+
+    from bundle_utils import ENV
+
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--bundle_root", ".", *args, "--num_workers", "0"]
+    proc = subprocess.run(cmd, cwd=PANCREAS.root, env=ENV, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if ln.startswith("dycon: error: ")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), text[-3000:]
+    assert not out.exists(), list(out.rglob("*"))
+
+
+def test_bad_raw_study_fails_cleanly(synth: Run, tmp_path: Path):
+    """A DICOM folder with a single slice (a 2-D image) or with two series: one line, nothing written."""
+    single = tmp_path / "single"
+    single.mkdir()
+    series = next(p.parent for p in (synth.raw / PANCREAS_CT / "PANCREAS_0063").rglob("*.dcm"))
+    shutil.copy(series / "1-001.dcm", single / "1-001.dcm")
+    out = tmp_path / "pred"
+    args = ["--config_file", PANCREAS.inference_yaml, "--ckpt_path", str(synth.model), "--output_dir", str(out), *NET_ARGS]
+    _fails_cleanly([*args, "--input_path", str(single)], out, r"single: a DICOM series of 1 slice\(s\) is not a 3-D")
+
+
+def test_wrong_chain_fails_cleanly(synth: Run, tmp_path: Path):
+    """--prepared_h5 true on a raw (HU) dataset: one line naming the option, nothing written."""
+    out = tmp_path / "out"
+    args = ["--config_file", PANCREAS.train_yaml, "--dataset_dir", str(synth.dataset), "--output_dir", str(out / "eval"),
+            "--ckpt_dir", str(out / "models"), "--prepared_h5", "true"]  # fmt: skip
+    _fails_cleanly(args, out, r"holds raw CT in HU: run the bundle with --prepared_h5 false")
 
 
 # -------------------------------------------------------------------------------------------- model-zoo checks
