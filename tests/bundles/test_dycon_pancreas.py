@@ -186,7 +186,8 @@ def _chain(yaml: str, **overrides) -> list[tuple[str, dict]]:
         for i, cfg in enumerate(parser["preprocessing_transforms"]):
             if "_disabled_" in cfg and parser.get_parsed_content(f"preprocessing_transforms#{i}#_disabled_"):
                 continue
-            args = {k: v for k, v in cfg.items() if k not in ("_target_", "_disabled_", "keys", "allow_missing_keys", "mode")}
+            skip = ("_target_", "_disabled_", "keys", "allow_missing_keys", "mode")
+            args = {k: v for k, v in cfg.items() if k not in skip}
             out.append((cfg["_target_"].split(".")[-1], args))
         # MONAI's parser drops the same steps
         assert [type(t).__name__ for t in parser.get_parsed_content("preprocessing_transforms")] == [n for n, _ in out]
@@ -305,7 +306,7 @@ def test_raw_dicom_inference_matches_evaluate(synth: Run, synth_eval: str, synth
         agreement = dice_of(a, b)
         assert agreement >= 0.9, f"{cid}: raw-DICOM inference vs evaluate Dice {agreement:.3f}"
         assert abs(dice_of(a, lab) - rows[cid]) <= 0.02, f"{cid}: {dice_of(a, lab):.4f} vs evaluate {rows[cid]:.4f}"
-        print(f"{cid}: agreement Dice {agreement:.4f}, Dice vs raw label {dice_of(a, lab):.4f} (evaluate {rows[cid]:.4f})")
+        print(f"{cid}: agreement Dice {agreement:.4f}, Dice vs raw label {dice_of(a, lab):.4f} (evaluate {rows[cid]:.4f})")  # noqa: E501
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -335,15 +336,16 @@ def test_bad_raw_study_fails_cleanly(synth: Run, tmp_path: Path):
     series = next(p.parent for p in (synth.raw / PANCREAS_CT / "PANCREAS_0063").rglob("*.dcm"))
     shutil.copy(series / "1-001.dcm", single / "1-001.dcm")
     out = tmp_path / "pred"
-    args = ["--config_file", PANCREAS.inference_yaml, "--ckpt_path", str(synth.model), "--output_dir", str(out), *NET_ARGS]
+    args = ["--config_file", PANCREAS.inference_yaml, "--ckpt_path", str(synth.model), "--output_dir", str(out),
+            *NET_ARGS]  # fmt: skip
     _fails_cleanly([*args, "--input_path", str(single)], out, r"single: a DICOM series of 1 slice\(s\) is not a 3-D")
 
 
 def test_wrong_chain_fails_cleanly(synth: Run, tmp_path: Path):
     """--prepared_h5 true on a raw (HU) dataset: one line naming the option, nothing written."""
     out = tmp_path / "out"
-    args = ["--config_file", PANCREAS.train_yaml, "--dataset_dir", str(synth.dataset), "--output_dir", str(out / "eval"),
-            "--ckpt_dir", str(out / "models"), "--prepared_h5", "true"]  # fmt: skip
+    args = ["--config_file", PANCREAS.train_yaml, "--dataset_dir", str(synth.dataset),
+            "--output_dir", str(out / "eval"), "--ckpt_dir", str(out / "models"), "--prepared_h5", "true"]  # fmt: skip
     _fails_cleanly(args, out, r"holds raw CT in HU: run the bundle with --prepared_h5 false")
 
 

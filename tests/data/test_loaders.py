@@ -98,7 +98,8 @@ def _series(case_dir):
     return folder
 
 
-@pytest.mark.filterwarnings("ignore:builtin type (SwigPy|swigvarlink):DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:builtin type (SwigPy|swigvarlink):DeprecationWarning")  # ITK's SWIG
+@pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")  # MONAI's DICOM reader without the GPU codec
 def test_inference_inputs_dicom_series(dicom_release, tmp_path):
     """A DICOM series folder is one study: given itself, through its case folder (one series below) or through a
     folder of cases (one input per series); read by MONAI's ITKReader with the grid of the prepared NIfTI."""
