@@ -113,10 +113,11 @@ def test_inference_inputs_dicom_series(dicom_release, tmp_path):
     assert inference_inputs(cases / "PANCREAS_0064") == [{"image": str(series[1].resolve())}]
     assert inference_inputs(cases) == [{"image": str(s.resolve())} for s in series]
     assert inference_inputs([str(series[1])]) == [{"image": str(series[1].resolve())}]
-    image = LoadImaged(keys="image", image_only=True)({"image": str(series[0])})["image"]
-    hu, affine = read_dicom_series(cases / "PANCREAS_0063", "PANCREAS_0063")
-    np.testing.assert_array_equal(image.numpy(), hu)
-    np.testing.assert_allclose(image.affine.numpy(), affine)
+    for cid, folder in zip(("PANCREAS_0063", "PANCREAS_0064"), series):  # 0064 stores HU + 1024, intercept -1024
+        image = LoadImaged(keys="image", image_only=True)({"image": str(folder)})["image"]
+        hu, affine = read_dicom_series(cases / cid, cid)  # what dycon prepare writes
+        np.testing.assert_array_equal(image.numpy(), hu)
+        np.testing.assert_allclose(image.affine.numpy(), affine)
     # two series in one folder: ITK would read one of them silently
     mixed = tmp_path / "mixed"
     mixed.mkdir()
