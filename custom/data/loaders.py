@@ -2,7 +2,8 @@
 
 train#dataset#data:    $custom.data.load_split(@datalist, 'training')
 train#dataloader:      $custom.data.stream_loader(@train#dataset, @labeled_batch_size, @seed, @num_workers)
-inference inputs:      $custom.data.inference_inputs(@input_path)
+inference inputs:      $custom.data.inference_inputs(@input_path)   (files, DICOM series folders, datalist.json)
+output names:          SaveImaged(output_name_formatter=$custom.data.loaders.output_name)
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,15 @@ from .datalist import DatasetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_split", "stream_loader", "inference_inputs", "NIFTI_SUFFIXES"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "check_dicom_series",
+    "dicom_series_folders",
+    "inference_inputs",
+    "load_split",
+    "output_name",
+    "stream_loader",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _PATH_KEYS = ("image", "label")
@@ -128,21 +138,97 @@ def stream_loader(
     )
 
 
+def _is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file, or a file with the DICOM preamble magic (``DICM`` at byte 128: series without suffix)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_series_folders(folder: str | os.PathLike[str]) -> list[Path]:
+    """The folders at or below ``folder`` that directly hold DICOM files (each one series = one study), sorted."""
+    root = Path(folder)
+    found = []
+    for d in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+        try:
+            files = [p for p in d.iterdir() if p.is_file()]
+        except OSError:
+            continue
+        if any(_is_dicom_file(p) for p in files):
+            found.append(d)
+    return found
+
+
+def check_dicom_series(folder: str | os.PathLike[str]) -> Path:
+    """One DICOM series folder as an inference input: DatasetError unless its DICOM files share one
+    SeriesInstanceUID (ITK would silently read only one of several series) and are at least two slices."""
+    import pydicom
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and _is_dicom_file(p))
+    uids = set()
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True, specific_tags=["SeriesInstanceUID"])
+        except Exception as err:  # pydicom raises many kinds of errors on corrupt files
+            raise DatasetError(f"{f}: unreadable DICOM file ({type(err).__name__}: {err})") from err
+        uids.add(str(ds.get("SeriesInstanceUID", "")))
+    if len(uids) > 1:
+        raise DatasetError(f"{folder} holds {len(uids)} DICOM series; give one series folder per study")
+    if len(files) < 2:
+        raise DatasetError(f"{folder}: a DICOM series of {len(files)} slice(s) is not a 3-D study")
+    return folder.resolve()
+
+
 def inference_inputs(input_path: str | os.PathLike[str] | Sequence[str], key: str = "test") -> list[dict[str, str]]:
-    """Inference inputs as ``[{"image": path}, ...]`` from a NIfTI (or other ITK) file, a folder of them, a
-    ``datalist.json`` (its ``key`` list, default ``test``) or a list of paths."""
+    """Inference inputs as ``[{"image": path}, ...]``.
+
+    ``input_path`` is an image file (NIfTI, nrrd, mha), a DICOM series folder (the folder holding the slices of
+    one series: one study, read by MONAI's ITKReader), a folder of image files, a folder with DICOM series
+    folders below it (e.g. ``Pancreas-CT``: one input per series folder), a ``datalist.json`` (its ``key`` list,
+    default ``test``) or a list of files / series folders.
+    """
     if isinstance(input_path, (list, tuple)):
-        return [{"image": str(Path(p).resolve())} for p in input_path]
+        return [{"image": str(check_dicom_series(p) if Path(p).is_dir() else Path(p).resolve())} for p in input_path]
     path = Path(input_path)
     if not path.exists():
         raise FileNotFoundError(f"inference input not found: {path}")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.lower().endswith(NIFTI_SUFFIXES))
-        if not files:
-            raise DatasetError(f"no image files ({', '.join(NIFTI_SUFFIXES)}) in {path}")
-        return [{"image": str(p.resolve())} for p in files]
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES))
+        if files:
+            return [{"image": str(p.resolve())} for p in files]
+        series = dicom_series_folders(path)
+        if not series:
+            raise DatasetError(f"no image files ({', '.join(NIFTI_SUFFIXES)}) or DICOM series in {path}")
+        return [{"image": str(check_dicom_series(p))} for p in series]
     if path.name.lower().endswith(".json"):
         return [{"image": e["image"]} for e in load_split(path, key)]
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
-        raise DatasetError(f"{path}: not an image file ({', '.join(NIFTI_SUFFIXES)}), folder or datalist.json")
+        raise DatasetError(
+            f"{path}: not an image file ({', '.join(NIFTI_SUFFIXES)}), DICOM series folder, folder or datalist.json"
+        )
     return [{"image": str(path.resolve())}]
+
+
+_UID_RE = re.compile(r"^[0-9.]+$")
+
+
+def output_name(metadict: dict[str, Any] | None, saver: Any) -> dict[str, Any]:
+    """``SaveImaged(output_name_formatter=...)``: MONAI's file naming, except for a DICOM series folder input,
+    named after its folder (a UID-like folder name, digits and dots, gives way to its parent's, so the synthetic
+    ``PANCREAS_0063/<study UID>/<series UID>`` gives ``PANCREAS_0063_seg.nii.gz``)."""
+    from monai.data.folder_layout import default_name_formatter
+
+    out = default_name_formatter(metadict or {}, saver)
+    path = Path(str(out["subject"]))
+    if path.is_dir():
+        named = path
+        while _UID_RE.match(named.name) and named.parent != named:
+            named = named.parent
+        out["subject"] = f"{named.name if not _UID_RE.match(named.name) else path.name}.dicom"
+    return out

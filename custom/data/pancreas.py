@@ -1,25 +1,30 @@
 """Pancreas-NIH (TCIA Pancreas-CT, contrast CT): preparation and a synthetic stand-in of the raw release.
 
-``prepare_pancreas`` turns either release into NIfTI files plus a ``datalist.json`` (see
-:mod:`custom.data.datalist`):
+``prepare_pancreas`` CONVERTS and SPLITS either release into NIfTI files plus a ``datalist.json`` (see
+:mod:`custom.data.datalist`); all preprocessing the model depends on (RAS, 1 mm resampling, HU window, crops,
+z-score) is the bundle's transform chain:
 
 * the raw TCIA release: ``Pancreas-CT/PANCREAS_XXXX/<study>/<series>/*.dcm`` (one DICOM series per case) and
   ``TCIA_pancreas_labels-02-05-2017/labelXXXX.nii.gz`` (folder names matched case-insensitively; ``src`` may be
   the folder holding both, e.g. the ``manifest-*`` folder of the NBIA retriever, or ``Pancreas-CT`` itself with
-  the label folder inside or next to it). Preprocessed as MC-Net+ / AD-MT / DyCON do (see
-  :func:`preprocess_case`);
+  the label folder inside or next to it). Each series is written in HU on its own grid (:func:`convert_case`);
+  the datalist records ``dycon.chain = "raw"``;
 * the circulating preprocessed h5 files ``PANCREAS_XXXX.h5`` (DyCON, CAML) or ``imageXXXX_norm.h5`` (MC-Net+'s
-  ``Pancreas_h5``), keys ``image`` / ``label``, in ``src`` or one or two folders below it. They are already
-  resampled, windowed, cropped and z-scored: arrays are copied unchanged (label cast to uint8) with a 1 mm
-  identity affine (the h5 stores neither spacing nor orientation; MC-Net+ resampled to ~1 mm).
+  ``Pancreas_h5``), keys ``image`` / ``label``, in ``src`` or one or two folders below it. Their authors already
+  resampled, windowed, cropped and z-scored them: arrays are copied unchanged (label cast to uint8) with a 1 mm
+  identity affine (the h5 stores neither spacing nor orientation), and ``dycon.chain = "h5_prepared"``: the
+  bundle runs them with ``--prepared_h5 true`` (no HU window, no body crop), checked by :func:`check_chain`.
 
 Output (``dst``)::
 
-    images/<id>.nii.gz    float32 (x, y, z), 1 mm isotropic; affine = RAS world position of the voxels (raw
-                          release), identity (h5)
-    labels/<id>.nii.gz    uint8 {0, 1} on the same grid; written for every case (unlabeled ones too), referenced
-                          only by the training/validation/test entries of the datalist
+    images/<id>.nii.gz    int16 HU (raw release; float32 where a series has non-integer values) on the DICOM grid:
+                          array (column, row, slice), affine = RAS world position of the voxels; float32 (h5)
+    labels/<id>.nii.gz    uint8 {0, 1} on the same grid and axis order; written for every case (unlabeled ones
+                          too), referenced only by the training/validation/test entries of the datalist
     datalist.json
+
+A listed case that cannot be converted (see ``skip_incomplete`` of :func:`prepare_pancreas`) fails the whole
+preparation, naming every such case, and nothing is written; with ``skip_incomplete`` it is left out and listed.
 
 Geometry of the raw release (what :func:`read_dicom_series` does). Each series is read with ITK
 (``itk.GDCMSeriesFileNames`` orders the files by ImagePositionPatient along the slice normal,
@@ -30,11 +35,11 @@ to (i, j, k) and the 4x4 affine built as nibabel's RAS convention wants it::
 
     affine_RAS = diag(-1, -1, 1, 1) @ [[direction @ diag(spacing), origin], [0, 0, 0, 1]]
 
-The label is read with nibabel (its affine is already RAS). Both are then reoriented to the closest canonical
-(RAS+) axis order (``nibabel.orientations``: axis permutations / flips only, the affine is adjusted so every
-voxel keeps its world position) and must agree: same shape and every corner voxel centre within
-``GRID_TOLERANCE_MM``; otherwise the case is rejected with a message naming it. A label that stores the same
-grid with flipped axes is therefore accepted (and aligned); a label on another grid is not.
+The label is read with nibabel (its affine is already RAS). Both are compared in the closest canonical (RAS+)
+axis order (``nibabel.orientations``: axis permutations / flips only, the affine is adjusted so every voxel keeps
+its world position) and must agree: same shape and every corner voxel centre within ``GRID_TOLERANCE_MM``;
+otherwise the case is rejected with a message naming it. A label that stores the same grid with flipped axes is
+therefore accepted (and written on the image's axis order); a label on another grid is not.
 
 Before ITK reads a series, every file is read with pydicom and checked: one orientation for all slices, positions
 along the normal uniformly spaced (a gap is reported as a missing slice with its expected ImagePositionPatient),
@@ -46,7 +51,6 @@ label through the grid check above (a slice missing at an end of the series show
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -63,6 +67,7 @@ from .datalist import (
     DatasetError,
     atomic_dataset,
     build_datalist,
+    check_complete,
     check_destination,
     check_outside,
     check_split_arguments,
@@ -75,8 +80,7 @@ from .datalist import (
 from .nifti import new_synthetic_folder, write_nifti
 
 __all__ = [
-    "CROP_MARGIN",
-    "CROP_MIN_EXTENT",
+    "CHAINS",
     "DEFAULT_LABELED",
     "DUPLICATE_IDS",
     "GRID_TOLERANCE_MM",
@@ -86,32 +90,25 @@ __all__ = [
     "SPLITS_DIR",
     "SynthGeometry",
     "canonical",
+    "check_chain",
     "check_same_grid",
     "check_series_headers",
-    "crop_box",
+    "convert_case",
     "itk_to_ras",
     "load_h5_case",
     "normalize_case_id",
     "prepare_pancreas",
-    "preprocess_case",
     "read_dicom_series",
     "read_label",
     "read_split_lists",
-    "resample_isotropic",
     "synth_geometry",
     "synth_pancreas",
 ]
 
 #: 20 % of the 62 official training cases (6 = 10 %).
 DEFAULT_LABELED = 12
-#: Soft-tissue CT window in HU, scaled to [0, 1].
+#: Soft-tissue CT window in HU, scaled to [0, 1] (the bundle's ScaleIntensityRanged; documentation here).
 HU_WINDOW = (-125.0, 275.0)
-#: Voxels added on each side of the label's bounding box in x and y (MC-Net+ ``crop_roi``).
-CROP_MARGIN = 25
-#: MC-Net+'s ``output_size`` in x/y: a label narrower than this is first widened to it (``px``, ``py``).
-CROP_MIN_EXTENT = 96
-#: Output voxel size in mm (isotropic).
-TARGET_SPACING = 1.0
 #: Largest distance (mm) allowed between corresponding corner voxel centres of the image and label grids.
 GRID_TOLERANCE_MM = 0.1
 #: Cases of the TCIA release that duplicate another patient's scan (TCIA's note): kept in the lists, flagged.
@@ -120,7 +117,6 @@ PANCREAS_CT = "Pancreas-CT"
 LABELS_FOLDER = "TCIA_pancreas_labels-02-05-2017"
 #: The official 62 / 20 split (package data), as distributed with MC-Net+ / AD-MT / DyCON (ids ``PANCREAS_XXXX.h5``).
 SPLITS_DIR = Path(__file__).resolve().parent / "splits" / "Pancreas"
-INTERPOLATION_ORDER = {"linear": 1, "bspline": 3}
 
 _CASE_DIR_RE = re.compile(r"^pancreas_(\d{4})$", re.IGNORECASE)
 _LABEL_RE = re.compile(r"^label(\d{4})\.nii(\.gz)?$", re.IGNORECASE)
@@ -128,10 +124,6 @@ _H5_RES = (re.compile(r"^pancreas_(\d{4})\.h5$", re.IGNORECASE), re.compile(r"^i
 _ID_RES = (
     re.compile(r"^pancreas_(\d{4})(\.h5)?$", re.IGNORECASE),
     re.compile(r"^image(\d{4})_norm(\.h5)?$", re.IGNORECASE),
-)
-_MCNET_REF = (
-    "the circulating Pancreas h5 preprocessing script of the MC-Net+ lineage (writes "
-    "Pancreas_h5/imageXXXX_norm.h5; functions ImageResample, set_window_wl_ww, crop_roi)"
 )
 _DUPLICATES_NOTE = (
     "PANCREAS_0025 and PANCREAS_0070 duplicate other patients' scans in the TCIA release (82 series, 80 unique "
@@ -230,116 +222,53 @@ def _zooms(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
-def resample_isotropic(
-    array: np.ndarray, affine: np.ndarray, order: int, spacing: float = TARGET_SPACING
-) -> tuple[np.ndarray, np.ndarray]:
-    """Resample to ``spacing`` mm along each array axis (directions kept, first voxel centre fixed).
+def _axcodes(affine: np.ndarray) -> str:
+    from nibabel.orientations import aff2axcodes
 
-    New size ``floor(size * zoom / spacing)`` per axis (MC-Net+'s ``int(size * spacing)``); output voxel ``j`` samples
-    input voxel ``j * spacing / zoom``; beyond the last input voxel the edge value is repeated (ITK's resampler
-    behaves alike). ``order`` 0 = nearest (labels, output uint8), 1 = linear, 3 = cubic B-spline (float32).
-    """
-    from scipy import ndimage
-
-    zooms = _zooms(affine)
-    shape = tuple(max(int(math.floor(n * z / spacing + 1e-6)), 1) for n, z in zip(array.shape, zooms))
-    step = spacing / zooms
-    if order == 0:
-        out = ndimage.affine_transform(array, step, output_shape=shape, order=0, mode="nearest", output=array.dtype)
-    else:
-        out = ndimage.affine_transform(
-            np.asarray(array, dtype=np.float32),
-            step,
-            output_shape=shape,
-            order=order,
-            mode="nearest",
-            prefilter=order > 1,
-            output=np.float32,
-        )
-    new = np.array(affine, dtype=np.float64, copy=True)
-    new[:3, :3] = new[:3, :3] / zooms * spacing
-    return out, new
+    return "".join(str(c) for c in aff2axcodes(affine))
 
 
-def crop_box(label: np.ndarray, margin: int = CROP_MARGIN, min_extent: int = CROP_MIN_EXTENT) -> list[tuple[int, int]]:
-    """The x and y slices ``[(x0, x1), (y0, y1)]`` of MC-Net+'s ``crop_roi`` (z is kept whole).
-
-    With the label's inclusive bounding box ``min..max`` on an axis of size ``n``:
-    ``p = max(min_extent - (max - min), 0) // 2``, ``lo = max(min - p - margin, 0)``,
-    ``hi = min(max + p + margin, n)`` and the crop is ``lo:hi`` (so ``margin`` voxels below the label and
-    ``margin - 1`` above it, MC-Net+'s exclusive end on an inclusive max, before clipping to the volume).
-    """
-    nz = np.nonzero(label)
-    if nz[0].size == 0:
-        raise DatasetError("empty label: cannot crop around it")
-    box = []
-    for axis in (0, 1):
-        lo, hi, n = int(nz[axis].min()), int(nz[axis].max()), label.shape[axis]
-        p = max(min_extent - (hi - lo), 0) // 2
-        box.append((max(lo - p - margin, 0), min(hi + p + margin, n)))
-    return box
-
-
-def _translate(affine: np.ndarray, start: Sequence[int]) -> np.ndarray:
-    t = np.eye(4)
-    t[:3, 3] = start
-    return affine @ t
-
-
-def preprocess_case(
-    image: np.ndarray,
-    image_affine: np.ndarray,
-    label: np.ndarray,
-    label_affine: np.ndarray,
-    case_id: str,
-    interpolation: str = "linear",
+def convert_case(
+    image: np.ndarray, image_affine: np.ndarray, label: np.ndarray, label_affine: np.ndarray, case_id: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """The MC-Net+ / AD-MT / DyCON preprocessing of one raw case (HU image and {0, 1} label, with RAS affines).
+    """One raw case as :func:`prepare_pancreas` writes it: the image unchanged (HU, the DICOM grid and axis
+    order, its RAS affine) and the label moved onto the image's axis order.
 
-    1. both reoriented to the closest RAS+ axis order and checked to lie on the same grid (:func:`check_same_grid`);
-    2. resampled to 1 mm (:func:`resample_isotropic`): image linear (``interpolation="bspline"``: cubic B-spline,
-       MC-Net+'s ``sitkBSpline``), label nearest. Differences from MC-Net+'s ``ImageResample`` (SimpleITK), all
-       below a voxel: the spacing is exactly 1 mm (MC-Net+ uses ``size * spacing / int(size * spacing)``, ~1 mm)
-       and the grid starts at the first voxel of the RAS+ array (MC-Net+: at ITK's origin, i.e. the other end of
-       the flipped x axis for TCIA's orientation);
-    3. window [-125, 275] HU, scaled to [0, 1] with the fixed window bounds (MC-Net+'s ``set_window_wl_ww``);
-    4. x/y crop around the label (:func:`crop_box`: 25-voxel margin, widened to >= 96 voxels, clipped to the
-       volume; on RAS+ axes, so MC-Net+'s one-voxel asymmetry of the margins is mirrored along flipped axes),
-       z kept whole. The crop is placed with the ground truth, test cases included: a known weakness of
-       this literature convention, kept for comparability;
-    5. z-score over the cropped volume (float64 statistics), float32.
+    Both grids are compared in the closest RAS+ axis order (:func:`check_same_grid`: same shape, corner voxel
+    centres within ``GRID_TOLERANCE_MM``); a label stored with permuted / flipped axes of the same grid is
+    reordered to the image's axes (voxels keep their world position). No resampling, windowing, cropping or
+    normalisation: that is the bundle's transform chain.
 
-    Returns ``(image float32, label uint8, affine, info)``; the affine is the 1 mm RAS affine translated to the
-    crop start, so every output voxel keeps its world position.
+    Args:
+        image: HU volume (i, j, k) as :func:`read_dicom_series` returns it.
+        image_affine: its 4x4 RAS affine.
+        label: {0, 1} volume (3-D).
+        label_affine: its 4x4 RAS affine.
+        case_id: named in errors.
+
+    Returns:
+        ``(image int16 (float32 where the HU values are not integers), label uint8 (same shape), image affine,
+        info)``.
     """
-    if interpolation not in INTERPOLATION_ORDER:
-        raise DatasetError(f"interpolation must be 'linear' or 'bspline', got {interpolation!r}")
-    img, img_aff = canonical(np.asarray(image), np.asarray(image_affine, dtype=np.float64))
-    lab, lab_aff = canonical(np.asarray(label), np.asarray(label_affine, dtype=np.float64))
-    check_same_grid(case_id, img.shape, img_aff, lab.shape, lab_aff)
-    source_shape, source_spacing = list(img.shape), [round(float(z), 6) for z in _zooms(img_aff)]
-    img, aff = resample_isotropic(img, img_aff, INTERPOLATION_ORDER[interpolation])
-    lab, _ = resample_isotropic(np.asarray(lab, dtype=np.uint8), img_aff, 0)
-    resampled_shape = list(img.shape)
-    lo, hi = HU_WINDOW
-    img = (np.clip(img, lo, hi) - lo) / (hi - lo)
-    try:
-        (x0, x1), (y0, y1) = crop_box(lab)
-    except DatasetError:
-        raise DatasetError(f"{case_id}: the label is empty after resampling to 1 mm; cannot crop around it") from None
-    img, lab = img[x0:x1, y0:y1], lab[x0:x1, y0:y1]
-    std = float(np.std(img, dtype=np.float64))
-    if not math.isfinite(std) or std == 0.0:
-        raise DatasetError(f"{case_id}: windowed image is constant inside the crop, cannot z-score it")
-    img = ((img - np.mean(img, dtype=np.float64)) / std).astype(np.float32)
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    image_affine = np.asarray(image_affine, dtype=np.float64)
+    arr = np.asarray(image)
+    img_c, img_aff_c = canonical(arr, image_affine)
+    lab_c, lab_aff_c = canonical(np.asarray(label), np.asarray(label_affine, dtype=np.float64))
+    check_same_grid(case_id, img_c.shape, img_aff_c, lab_c.shape, lab_aff_c)
+    lab = apply_orientation(lab_c, ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(image_affine)))
+    if lab.shape != arr.shape:  # guards the orientation algebra
+        raise DatasetError(f"{case_id}: label reordered to {lab.shape} != image {arr.shape}")
+    integral = bool(np.isfinite(arr).all()) and bool((arr == np.rint(arr)).all())
+    dtype = np.int16 if integral and float(arr.min()) >= -32768 and float(arr.max()) <= 32767 else np.float32
     info = {
-        "source_shape": source_shape,
-        "source_spacing": source_spacing,
-        "resampled_shape": resampled_shape,
-        "crop": [[x0, x1], [y0, y1]],
-        "shape": list(img.shape),
+        "shape": list(arr.shape),
+        "spacing": [round(float(z), 6) for z in _zooms(image_affine)],
+        "axcodes": _axcodes(image_affine),
+        "dtype": np.dtype(dtype).name,
     }
-    return img, np.ascontiguousarray(lab, dtype=np.uint8), _translate(aff, (x0, y0, 0)), info
+    return arr.astype(dtype), np.ascontiguousarray(lab, dtype=np.uint8), image_affine, info
 
 
 # ------------------------------------------------------------------------------------------------- DICOM
@@ -588,7 +517,7 @@ def read_label(path: str | os.PathLike[str], case_id: str) -> tuple[np.ndarray, 
             f"{case_id}: label {path} has values {bad[:10]} outside {{0, 1}} (binary pancreas mask expected)"
         )
     if not (values == 1).any():
-        raise DatasetError(f"{case_id}: label {path} is empty; the crop is placed around the pancreas")
+        raise DatasetError(f"{case_id}: label {path} is empty (no pancreas voxel): not a pancreas mask")
     return data.astype(np.uint8), affine
 
 
@@ -636,7 +565,11 @@ class _Source:
     cases: dict[str, Path]  # id -> case folder (dicom) or h5 file
     labels: dict[str, Path] = field(default_factory=dict)  # id -> label file (dicom)
     label_root: Path | None = None
-    incomplete: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def present(self) -> list[str]:
+        """Ids with a case folder / h5 file or a label file (an incomplete case is present, and reported)."""
+        return sorted(set(self.cases) | set(self.labels))
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -688,16 +621,7 @@ def _find_dicom(src: Path) -> _Source | None:
             f"found the DICOM folder {root} but no label folder '{LABELS_FOLDER}' (labelXXXX.nii.gz) in or next "
             f"to {src}, {root} or {root.parent}"
         )
-    incomplete = {"no_label": sorted(set(cases) - set(labels)), "no_dicom": sorted(set(labels) - set(cases))}
-    both = {i: cases[i] for i in sorted(set(cases) & set(labels))}
-    return _Source(
-        layout="dicom",
-        root=root,
-        cases=both,
-        labels={i: labels[i] for i in both},
-        label_root=label_root,
-        incomplete=incomplete,
-    )
+    return _Source(layout="dicom", root=root, cases=cases, labels=labels, label_root=label_root)
 
 
 def _find_h5(src: Path) -> _Source | None:
@@ -744,6 +668,34 @@ def _find_source(src: Path, layout: str) -> _Source:
 
 # -------------------------------------------------------------------------------------------------- writing
 
+#: ``datalist["dycon"]["chain"]``: which transform chain of the bundle a prepared dataset needs (see
+#: :func:`check_chain`): ``"raw"`` (HU on the scanner grid: the full chain) or ``"h5_prepared"`` (the authors'
+#: preprocessed h5: already 1 mm, windowed, cropped, z-scored).
+CHAINS = ("raw", "h5_prepared")
+
+
+def _strip_id(case_id: str, message: str) -> str:
+    return message[len(case_id) + 2 :] if message.startswith(f"{case_id}: ") else message
+
+
+def _convert_one(source: _Source, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read and check one case of ``source``: ``(image, label, affine, info)``; DatasetError naming the case."""
+    if source.layout == "h5":
+        image, label = load_h5_case(source.cases[case_id], case_id)
+        if not label.any():
+            raise DatasetError(f"{case_id}: {source.cases[case_id]}: the label is empty (no pancreas voxel)")
+        return image, label, np.eye(4), {"shape": list(image.shape), "h5": source.cases[case_id].name}
+    if case_id not in source.cases:
+        raise DatasetError(
+            f"{case_id}: label file {source.labels[case_id].name} but no DICOM series folder {case_id} in "
+            f"{source.root}"
+        )
+    if case_id not in source.labels:
+        raise DatasetError(f"{case_id}: no label file label{case_id[-4:]}.nii.gz in {source.label_root}")
+    raw, raw_aff = read_dicom_series(source.cases[case_id], case_id)
+    lab, lab_aff = read_label(source.labels[case_id], case_id)
+    return convert_case(raw, raw_aff, lab, lab_aff, case_id)
+
 
 def prepare_pancreas(
     src: str | os.PathLike[str],
@@ -755,11 +707,11 @@ def prepare_pancreas(
     val: int = 0,
     splits: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    interpolation: str = "linear",
     layout: str = "auto",
+    skip_incomplete: bool = False,
 ) -> Path:
     """Prepare Pancreas-NIH from ``src`` (raw TCIA DICOM + labels, or preprocessed h5) into ``dst``; return the
-    datalist path.
+    datalist path. A format conversion and a split, nothing more: images keep their values and grids.
 
     Args:
         src: the raw release (a folder holding ``Pancreas-CT`` and ``TCIA_pancreas_labels-02-05-2017``, possibly
@@ -776,46 +728,39 @@ def prepare_pancreas(
         splits: folder with ``train.list`` / ``test.list`` replacing the official 62 / 20 split shipped with the
             package (ids ``PANCREAS_XXXX[.h5]`` or ``imageXXXX_norm[.h5]``). Train and test must be disjoint.
         overwrite: replace a dataset previously written here with other arguments (same arguments: no-op).
-        interpolation: image resampling, ``"linear"`` (default) or ``"bspline"`` (MC-Net+'s choice); labels
-            always nearest. Ignored for h5 input.
         layout: ``"auto"`` (DICOM if a Pancreas-CT folder is found, else h5), ``"dicom"`` or ``"h5"``.
+        skip_incomplete: leave out (and list in the summary and ``dycon.skipped``) the listed cases that cannot
+            be prepared, instead of failing: a series folder without label or a label without series folder, an
+            empty case folder, unreadable / truncated DICOM files, missing slices or non-uniform slice positions,
+            several series in one case, a label whose grid (slice count, spacing, position) disagrees with the
+            series, label values outside {0, 1} or an empty label, an unreadable h5.
 
-    Listed ids absent from ``src`` (or lacking their DICOM series or label) are skipped and reported (stderr and
-    ``dycon.missing`` / ``dycon.incomplete``); cases in no list are ignored and reported. The duplicate cases
-    PANCREAS_0025 / PANCREAS_0070 are kept and flagged (stderr, ``dycon.duplicates_note``).
+    Raw release: each DICOM series becomes ``images/<id>.nii.gz`` in HU (int16) on the DICOM grid (the array in
+    ITK index order, the RAS affine from the headers), its label ``labels/<id>.nii.gz`` (uint8 {0, 1}) on the same
+    grid and axis order. h5 release: arrays copied unchanged (image float32, label uint8) with a 1 mm identity
+    affine; the datalist records ``dycon.chain = "h5_prepared"`` and the bundle must run with ``--prepared_h5
+    true`` (checked at start-up). Listed ids absent from ``src`` are reported (stderr, ``dycon.missing``); cases
+    in no list are ignored and reported. The duplicate cases PANCREAS_0025 / PANCREAS_0070 are kept and flagged.
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
     check_split_arguments(labeled, fraction, random, overwrite)
-    if interpolation not in INTERPOLATION_ORDER:
-        raise DatasetError(f"interpolation must be 'linear' or 'bspline', got {interpolation!r}")
+    check_complete({}, skip_incomplete)  # a bad flag fails before any work
     train_all, test_all, train_path, test_path = read_split_lists(splits)
     source = _find_source(src_p, layout)
     check_outside(src_p, dst_p)
 
-    found, missing, unlisted = present_in_lists({"training": train_all, "test": test_all}, source.cases)
-    train_ids, test_ids = found["training"], found["test"]
+    found, missing, unlisted = present_in_lists({"training": train_all, "test": test_all}, source.present)
     missing_train, missing_test = missing["training"], missing["test"]
-    split = split_training(
-        train_ids,
-        labeled=labeled,
-        fraction=fraction,
-        random=random,
-        seed=seed,
-        val=val,
-        default_labeled=DEFAULT_LABELED,
-    )
+    split_args = {"labeled": labeled, "fraction": fraction, "random": random, "seed": seed, "val": val}
+    split_training(found["training"], default_labeled=DEFAULT_LABELED, **split_args)  # bad counts fail before reading
 
     arguments = {
         "src": str(src_p),
-        "labeled": labeled,
-        "fraction": fraction,
-        "random": random,
-        "seed": seed,
-        "val": val,
+        **split_args,
         "splits": None if splits is None else str(Path(os.fspath(splits)).expanduser().resolve()),
-        "interpolation": interpolation,
         "layout": layout,
+        "skip_incomplete": bool(skip_incomplete),
     }
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
@@ -825,98 +770,133 @@ def prepare_pancreas(
         if ids:
             shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
             _info(f"{len(ids)} of {len(total)} {what} ids are not in {src_p} and were skipped: {shown}")
-    for what, ids in source.incomplete.items():
-        if ids:
-            _info(
-                f"{len(ids)} case(s) skipped: {'no label file' if what == 'no_label' else 'no DICOM series'} "
-                f"({', '.join(ids)})"
-            )
     if unlisted:
         _info(f"{len(unlisted)} case(s) in {source.root} are in no list and were ignored: {', '.join(unlisted)}")
-    cases = split.labeled + split.unlabeled + split.validation + test_ids
-    duplicates = [i for i in DUPLICATE_IDS if i in cases]
-    if duplicates:
-        _info(f"note: {', '.join(duplicates)} duplicate other patients' scans (TCIA); kept as in the literature")
-    if not test_ids:
-        warnings.warn(f"no test case of the split is present in {src_p}: datalist 'test' is empty", stacklevel=2)
 
-    if source.layout == "dicom":
-        preprocessing = (
-            f"raw DICOM read with ITK (geometry from ImagePositionPatient/ImageOrientationPatient), label with "
-            f"nibabel; both reoriented to RAS+ and checked to share one grid; resampled to 1 mm ({interpolation} "
-            f"image, nearest label; size floor(n * spacing)); window {list(HU_WINDOW)} HU scaled to [0, 1]; x/y "
-            f"crop around the label with a {CROP_MARGIN}-voxel margin after widening narrower labels to "
-            f"{CROP_MIN_EXTENT} voxels (clipped to the volume), z kept whole; z-score over the cropped volume; as "
-            f"{_MCNET_REF}"
-        )
-        axes = "RAS+ (closest canonical orientation); affine = world position (1 mm, origin at the crop start)"
-    else:
-        preprocessing = (
-            "preprocessed h5 (MC-Net+ lineage: 1 mm, window [-125, 275], x/y crop around the label, "
-            "z-score); arrays copied unchanged, label cast to uint8"
-        )
-        axes = "array axes as stored in the h5; affine identity (1 mm; the h5 stores no spacing or orientation)"
-    metadata: dict[str, Any] = {
-        "dataset": "Pancreas",
-        "source": {
-            "layout": source.layout,
-            "path": str(src_p),
-            "case_root": str(source.root),
-            "label_root": str(source.label_root) if source.label_root else None,
-            "train_list": str(train_path),
-            "test_list": str(test_path),
-            "split_rule": (
-                "official 62 / 20 split (package data)"
-                if splits is None
-                else f"user lists {train_path} and {test_path}"
-            ),
-        },
-        "spacing": [TARGET_SPACING] * 3,
-        "axes": axes,
-        "preprocessing": preprocessing,
-        "crop_uses_label": "yes: the x/y crop is placed around the ground truth, test cases included (known "
-        "weakness of the literature's convention)",
-        "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the training list")
-        + (f"; default N = {DEFAULT_LABELED} (20% of 62)" if labeled is None and fraction is None else ""),
-        "validation_rule": (
-            "" if not val else (f"seeded random draw (seed {seed})" if random else "last N of the training list")
-        ),
-        "missing": {"training": missing_train, "test": missing_test},
-        "incomplete": source.incomplete,
-        "unlisted": unlisted,
-        "duplicates_note": _DUPLICATES_NOTE,
-        "duplicates_present": duplicates,
-        "arguments": arguments,
-    }
     image_rel = lambda i: f"images/{i}.nii.gz"  # noqa: E731
     label_rel = lambda i: f"labels/{i}.nii.gz"  # noqa: E731
-    datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata)
-
+    chain = "h5_prepared" if source.layout == "h5" else "raw"
     case_info: dict[str, Any] = {}
     with atomic_dataset(dst_p) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
-        for case_id in cases:
-            if source.layout == "h5":
-                image, label = load_h5_case(source.cases[case_id], case_id)
-                affine = np.eye(4)
-                case_info[case_id] = {"shape": list(image.shape), "h5": source.cases[case_id].name}
-            else:
-                raw, raw_aff = read_dicom_series(source.cases[case_id], case_id)
-                lab, lab_aff = read_label(source.labels[case_id], case_id)
-                image, label, affine, info = preprocess_case(raw, raw_aff, lab, lab_aff, case_id, interpolation)
-                del raw, lab
-                case_info[case_id] = info
-            write_nifti(image, tmp / image_rel(case_id), affine, np.float32)
+        problems: dict[str, str] = {}
+        for case_id in found["training"] + found["test"]:
+            try:
+                image, label, affine, info = _convert_one(source, case_id)
+            except DatasetError as err:
+                problems[case_id] = _strip_id(case_id, str(err))
+                continue
+            write_nifti(image, tmp / image_rel(case_id), affine, image.dtype.type)
             write_nifti(label, tmp / label_rel(case_id), affine, np.uint8)
-        datalist["dycon"]["cases"] = case_info
+            case_info[case_id] = info
+            del image, label
+        skipped = check_complete(problems, skip_incomplete, f"Pancreas release {src_p}")
+        for case_id, reason in skipped.items():
+            _info(f"skipped {case_id}: {reason}")
+        train_ids = [i for i in found["training"] if i not in skipped]
+        test_ids = [i for i in found["test"] if i not in skipped]
+        split = split_training(train_ids, default_labeled=DEFAULT_LABELED, **split_args)
+        cases = split.labeled + split.unlabeled + split.validation + test_ids
+        duplicates = [i for i in DUPLICATE_IDS if i in cases]
+        if duplicates:
+            _info(f"note: {', '.join(duplicates)} duplicate other patients' scans (TCIA); kept as in the literature")
+        if not test_ids:
+            warnings.warn(f"no test case of the split is present in {src_p}: datalist 'test' is empty", stacklevel=2)
+        if source.layout == "dicom":
+            preprocessing = (
+                "none (format conversion only): DICOM series read with ITK (geometry from ImagePositionPatient / "
+                "ImageOrientationPatient, RescaleSlope/Intercept applied: HU), written as int16 NIfTI on the DICOM "
+                "grid and axis order with its RAS affine; label (nibabel) checked to lie on the same grid and "
+                "written on the image's axis order. Resampling, HU window, crops and z-score are the bundle's "
+                "transform chain"
+            )
+            axes = "the DICOM grid: array (column, row, slice), affine = RAS world position of the voxels"
+        else:
+            preprocessing = (
+                "preprocessed h5 (MC-Net+ lineage: 1 mm, window [-125, 275], x/y crop around the label, "
+                "z-score); arrays copied unchanged, label cast to uint8; run the bundle with --prepared_h5 true"
+            )
+            axes = "array axes as stored in the h5; affine identity (1 mm; the h5 stores no spacing or orientation)"
+        metadata: dict[str, Any] = {
+            "dataset": "Pancreas",
+            "chain": chain,
+            "source": {
+                "layout": source.layout,
+                "path": str(src_p),
+                "case_root": str(source.root),
+                "label_root": str(source.label_root) if source.label_root else None,
+                "train_list": str(train_path),
+                "test_list": str(test_path),
+                "split_rule": (
+                    "official 62 / 20 split (package data)"
+                    if splits is None
+                    else f"user lists {train_path} and {test_path}"
+                ),
+            },
+            "axes": axes,
+            "preprocessing": preprocessing,
+            "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the training list")
+            + (f"; default N = {DEFAULT_LABELED} (20% of 62)" if labeled is None and fraction is None else ""),
+            "validation_rule": (
+                "" if not val else (f"seeded random draw (seed {seed})" if random else "last N of the training list")
+            ),
+            "missing": {"training": missing_train, "test": missing_test},
+            "unlisted": unlisted,
+            "duplicates_note": _DUPLICATES_NOTE,
+            "duplicates_present": duplicates,
+            "arguments": arguments,
+        }
+        datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata, skipped=skipped)
+        for case_id in skipped:  # nothing of a skipped case stays on disk
+            for rel in (image_rel(case_id), label_rel(case_id)):
+                (tmp / rel).unlink(missing_ok=True)
+        datalist["dycon"]["cases"] = {i: case_info[i] for i in cases}
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
     _info(
         f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
-        f"{c['test']} test"
+        f"{c['test']} test" + (f"; {len(skipped)} skipped: {', '.join(skipped)}" if skipped else "")
     )
     return dst_p / DATALIST_NAME
+
+
+def check_chain(datalist: str | os.PathLike[str], prepared_h5: Any) -> None:
+    """Start-up check of the bundles: the chain option ``prepared_h5`` must fit the prepared dataset.
+
+    The raw chain (``prepared_h5: false``) windows HU values to [-125, 275]: on the h5 release's z-scored values
+    it would destroy the image; the h5 chain (``true``) skips the window and the body crop: on HU data the network
+    would see unwindowed values. A dataset prepared by dycon 1.x (windowed and cropped offline) must be prepared
+    again. Raises DatasetError (one line) on a wrong combination; a datalist without ``dycon`` metadata (written
+    by hand) is accepted as it is, and so is anything but a ``.json`` file (inference inputs).
+    """
+    from ..flags import as_bool
+    from .datalist import read_datalist
+
+    want_h5 = as_bool(prepared_h5, "prepared_h5")
+    if not isinstance(datalist, (str, os.PathLike)):
+        return  # a list of inference inputs
+    path = Path(os.fspath(datalist))
+    if not (path.is_file() and path.name.lower().endswith(".json")):
+        return  # an image / DICOM folder input (inference), or a missing datalist (the dataset checks name it)
+    meta = read_datalist(path).get("dycon")
+    if not isinstance(meta, dict) or meta.get("dataset") != "Pancreas":
+        return
+    chain = meta.get("chain")
+    if chain not in CHAINS:
+        raise DatasetError(
+            f"{path} was written by an older 'dycon prepare pancreas' (resampled, windowed and cropped offline); "
+            "this bundle (2.x) preprocesses raw studies itself: prepare the dataset again from the raw release"
+        )
+    if chain == "h5_prepared" and not want_h5:
+        raise DatasetError(
+            f"{path} holds the preprocessed h5 release (1 mm, windowed, z-scored): run the bundle with "
+            "--prepared_h5 true (the raw chain's HU window would destroy these values)"
+        )
+    if chain == "raw" and want_h5:
+        raise DatasetError(
+            f"{path} holds raw CT in HU: run the bundle with --prepared_h5 false (the h5 chain skips the HU window)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -940,12 +920,14 @@ class SynthGeometry:
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.lps_affine
 
 
-def synth_geometry(case_index: int, seed: int, shape: Sequence[int]) -> SynthGeometry:
+def synth_geometry(case_index: int, seed: int, shape: Sequence[int], slice_step: float | None = None) -> SynthGeometry:
     """The per-case geometry :func:`synth_pancreas` uses (pixel spacing a multiple of 1/128 mm in [0.7, 0.9],
-    slice step 1 mm for the first case as in the real header dump, else 1.0-2.5 mm)."""
+    slice step 1 mm for the first case as in the real header dump, else 1.0-2.5 mm; ``slice_step`` fixes it)."""
     rng = np.random.default_rng([seed, case_index, 7])
     ps = round(rng.uniform(0.7, 0.9) * 128) / 128
     step = 1.0 if case_index == 0 else float(rng.choice([1.0, 1.5, 2.0, 2.5]))
+    if slice_step is not None:
+        step = float(slice_step)
     shp = tuple(int(s) for s in shape)
     return SynthGeometry(pixel_spacing=ps, slice_step=step, shape=shp)  # type: ignore[arg-type]
 
@@ -1041,6 +1023,7 @@ def synth_pancreas(
     seed: int = 0,
     ids: Sequence[str] | None = None,
     missing_slice: Sequence[int] | None = None,
+    slice_step: float | None = None,
 ) -> Path:
     """Write a fake raw TCIA release in the exact layout of the real one::
 
@@ -1057,7 +1040,8 @@ def synth_pancreas(
     Image: air, fat, soft tissue, spine, a vessel and an elongated pancreas-like blob (50-60 HU, in a pad of
     peripancreatic fat) that the label
     (uint8 {0, 1}, array (column, row, slice)) marks, on exactly the grid ITK reads (affine from the same
-    geometry, RAS). ``missing_slice=(case_index, k)`` deletes file ``1-(k+1)`` of that case. Deterministic for a
+    geometry, RAS). ``missing_slice=(case_index, k)`` deletes file ``1-(k+1)`` of that case; ``slice_step`` (mm)
+    gives every case that slice spacing (e.g. 2.5: anisotropic as most real series). Deterministic for a
     given seed. Returns ``dst``.
     """
     import nibabel as nib
@@ -1092,7 +1076,7 @@ def synth_pancreas(
         labels = tmp / LABELS_FOLDER
         labels.mkdir()
         for n, case_id in enumerate(case_ids):
-            geom = synth_geometry(n, seed, shape)
+            geom = synth_geometry(n, seed, shape, slice_step)
             rng = np.random.default_rng([seed, n, 11])
             hu, mask = _synth_volume(rng, geom)
             uids = {k: generate_uid(entropy_srcs=[str(seed), case_id, k]) for k in ("study", "series", "frame")}

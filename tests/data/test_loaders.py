@@ -83,3 +83,65 @@ def test_inference_inputs(dataset):
         inference_inputs(dataset / "empty")
     with pytest.raises(DatasetError, match="not an image file"):
         inference_inputs(dataset / "datalist.txt" if (dataset / "datalist.txt").write_text("x") else None)
+
+
+@pytest.fixture(scope="module")
+def dicom_release(tmp_path_factory):
+    from custom.data.pancreas import synth_pancreas
+
+    return synth_pancreas(tmp_path_factory.mktemp("dicom") / "raw", ids=["PANCREAS_0063", "PANCREAS_0064"],
+                          shape=(16, 16, 4), seed=0)  # fmt: skip
+
+
+def _series(case_dir):
+    (folder,) = {p.parent for p in case_dir.rglob("*.dcm")}
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:builtin type (SwigPy|swigvarlink):DeprecationWarning")  # ITK's SWIG
+@pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")  # MONAI's DICOM reader without the GPU codec
+def test_inference_inputs_dicom_series(dicom_release, tmp_path):
+    """A DICOM series folder is one study: given itself, through its case folder (one series below) or through a
+    folder of cases (one input per series); read by MONAI's ITKReader with the grid of the prepared NIfTI."""
+    from monai.transforms import LoadImaged
+
+    from custom.data.pancreas import read_dicom_series
+
+    cases = dicom_release / "Pancreas-CT"
+    series = [_series(cases / c) for c in ("PANCREAS_0063", "PANCREAS_0064")]
+    assert inference_inputs(series[0]) == [{"image": str(series[0].resolve())}]
+    assert inference_inputs(cases / "PANCREAS_0064") == [{"image": str(series[1].resolve())}]
+    assert inference_inputs(cases) == [{"image": str(s.resolve())} for s in series]
+    assert inference_inputs([str(series[1])]) == [{"image": str(series[1].resolve())}]
+    for cid, folder in zip(("PANCREAS_0063", "PANCREAS_0064"), series):  # 0064 stores HU + 1024, intercept -1024
+        image = LoadImaged(keys="image", image_only=True)({"image": str(folder)})["image"]
+        hu, affine = read_dicom_series(cases / cid, cid)  # what dycon prepare writes
+        np.testing.assert_array_equal(image.numpy(), hu)
+        np.testing.assert_allclose(image.affine.numpy(), affine)
+    # two series in one folder: ITK would read one of them silently
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for n, s in enumerate(series):
+        for f in s.iterdir():
+            (mixed / f"{n}-{f.name}").write_bytes(f.read_bytes())
+    with pytest.raises(DatasetError, match="holds 2 DICOM series"):
+        inference_inputs(mixed)
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "1-001.dcm").write_bytes(next(series[0].iterdir()).read_bytes())
+    with pytest.raises(DatasetError, match="1 slice"):
+        inference_inputs(lonely)
+
+
+def test_output_name_of_a_dicom_series(dicom_release, tmp_path):
+    from monai.transforms import SaveImage
+
+    from custom.data.loaders import output_name
+
+    saver = SaveImage(output_dir=tmp_path, output_postfix="seg")
+    series = _series(dicom_release / "Pancreas-CT" / "PANCREAS_0063")  # <case>/<study UID>/<series UID>
+    assert output_name({"filename_or_obj": str(series)}, saver)["subject"] == "PANCREAS_0063.dicom"
+    named = tmp_path / "Pancreas-99667"
+    named.mkdir()
+    assert output_name({"filename_or_obj": str(named)}, saver)["subject"] == "Pancreas-99667.dicom"
+    assert output_name({"filename_or_obj": "/x/c0.nii.gz"}, saver)["subject"] == "/x/c0.nii.gz"  # files: MONAI's

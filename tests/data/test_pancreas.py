@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,11 +20,9 @@ from scipy import ndimage
 from custom.cli import main as cli_main
 from custom.data.datalist import DatasetError, assert_disjoint, read_datalist, split_training
 from custom.data.pancreas import (
-    CROP_MARGIN,
-    CROP_MIN_EXTENT,
     LABELS_FOLDER,
     PANCREAS_CT,
-    crop_box,
+    check_chain,
     normalize_case_id,
     prepare_pancreas,
     read_dicom_series,
@@ -210,94 +209,38 @@ def test_cli_datalist_splits(prepared: Path):
     meta = dl["dycon"]
     assert meta["dataset"] == "Pancreas" and meta["source"]["layout"] == "dicom"
     assert meta["counts"] == {"training": 2, "unlabeled": 2, "validation": 0, "test": 2}
-    assert meta["spacing"] == [1.0, 1.0, 1.0]
+    assert meta["chain"] == "raw" and meta["skipped"] == {}
     assert meta["duplicates_present"] == [] and "PANCREAS_0025" in meta["duplicates_note"]
-    assert "crop" in meta["crop_uses_label"] and "[-125.0, 275.0]" in meta["preprocessing"]
+    assert meta["preprocessing"].startswith("none (format conversion only)")
     assert len(meta["missing"]["training"]) == 58 and len(meta["missing"]["test"]) == 18
 
 
-def test_prepared_geometry_intensities_and_alignment(prepared: Path, release: Path):
+def test_prepared_is_the_raw_study_in_nifti(prepared: Path, release: Path):
+    """Conversion only: the image is the DICOM series in HU (int16) on its own grid and axis order, the label is
+    the raw label file's array on the same grid."""
     dl = read_datalist(prepared)
     for n, case_id in enumerate(TRAIN4 + TEST2):
         geom = synth_geometry(n, 0, SHAPE)
         img, image = _nii(prepared / "images" / f"{case_id}.nii.gz")
         lab, label = _nii(prepared / "labels" / f"{case_id}.nii.gz")
-        assert image.dtype == np.float32 and label.dtype == np.uint8
-        assert set(np.unique(label).tolist()) == {0, 1}
-        np.testing.assert_allclose(img.affine, lab.affine)
-        np.testing.assert_allclose(img.affine[:3, :3], np.eye(3), atol=1e-6)  # 1 mm, RAS+
-        np.testing.assert_allclose(img.header.get_zooms(), (1.0, 1.0, 1.0))
-        # z-scored
-        assert abs(float(image.mean())) < 1e-4 and abs(float(image.std()) - 1) < 1e-3
-        # z kept whole: the resampled extent of the series
-        assert image.shape[2] == int(SHAPE[2] * geom.slice_step + 1e-6)
-        # the label lies on the bright pancreas-like blob (pancreas 50-60 HU in a pad of fat)
-        fg = label.astype(bool)
-        shell = ndimage.binary_dilation(fg, iterations=3) & ~fg
-        assert image[fg].mean() > image[shell].mean() + 0.5
-        # every voxel keeps its world position: the label centroid in mm is the raw label's
+        assert image.dtype == np.int16 and label.dtype == np.uint8
+        hu, affine = read_dicom_series(release / PANCREAS_CT / case_id, case_id)
+        np.testing.assert_array_equal(image, hu)  # HU, nothing resampled, windowed, cropped or normalised
+        np.testing.assert_allclose(img.affine, geom.ras_affine)  # the DICOM grid: 0.7-0.9 mm x 1-2.5 mm, not RAS
+        np.testing.assert_allclose(img.affine, affine)
+        assert nib.aff2axcodes(img.affine) == ("L", "A", "I")
+        np.testing.assert_allclose(lab.affine, img.affine)
         raw_img, raw_label = _nii(_label_path(release, case_id))
-        raw_c = raw_img.affine @ np.append(np.argwhere(raw_label).mean(axis=0), 1)
-        out_c = img.affine @ np.append(np.argwhere(label).mean(axis=0), 1)
-        assert np.linalg.norm(raw_c - out_c) < 0.6
-        assert int(label.sum()) == pytest.approx(raw_label.sum() * geom.pixel_spacing ** 2 * geom.slice_step, rel=0.2)
-        info = dl["dycon"]["cases"][case_id]
-        assert info["source_shape"] == list(SHAPE) and info["shape"] == list(image.shape)
-
-
-def _check_crop(image_affine: np.ndarray, label: np.ndarray, geom) -> list[bool]:
-    """Check the x/y crop against MC-Net+'s rule, from world positions; return which axes really crop."""
-    cropped = []
-    for axis in (0, 1):
-        n_full = int(geom.shape[axis] * geom.pixel_spacing + 1e-6)  # resampled size of the axis
-        # RAS x = -i * spacing (reversed to RAS+ by the reorientation), RAS y = +j * spacing (IOP 1\0\0\0\-1\0)
-        first_world = -(geom.shape[axis] - 1) * geom.pixel_spacing if axis == 0 else 0.0
-        start = image_affine[axis, 3] - first_world
-        assert abs(start - round(start)) < 1e-4
-        start = int(round(start))
-        idx = np.nonzero(label.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        lo, hi = start + int(idx[0]), start + int(idx[-1])  # label bbox in the uncropped 1 mm grid
-        p = max(CROP_MIN_EXTENT - (hi - lo), 0) // 2
-        assert start == max(lo - p - CROP_MARGIN, 0)
-        assert start + label.shape[axis] == min(hi + p + CROP_MARGIN, n_full)
-        cropped.append(label.shape[axis] < n_full)
-    return cropped
-
-
-def test_crop_rule(prepared: Path, tmp_path: Path):
-    for n, case_id in enumerate(TRAIN4 + TEST2):  # tiny volumes: the crop is clipped to the volume
-        img, _ = _nii(prepared / "images" / f"{case_id}.nii.gz")
-        _, label = _nii(prepared / "labels" / f"{case_id}.nii.gz")
-        assert _check_crop(img.affine, label, synth_geometry(n, 0, SHAPE)) == [False, False]
-    # a wider field of view, where the crop really crops
-    shape = (200, 200, 4)
-    src = synth_pancreas(tmp_path / "big", ids=["PANCREAS_0001", "PANCREAS_0063"], shape=shape, seed=3)
-    dst = tmp_path / "P"
-    prepare_pancreas(src, dst, labeled=1)
-    really = []
-    for n, case_id in enumerate(["PANCREAS_0001", "PANCREAS_0063"]):
-        img, image = _nii(dst / "images" / f"{case_id}.nii.gz")
-        _, label = _nii(dst / "labels" / f"{case_id}.nii.gz")
-        really += _check_crop(img.affine, label, synth_geometry(n, 3, shape))
-        assert image.shape[:2] == label.shape[:2]
-    assert any(really)
-
-
-def test_crop_box_formula():
-    label = np.zeros((300, 200, 5), np.uint8)
-    label[100:131, 150:190, 2] = 1  # x: 100..130 (extent 30), y: 150..189 (extent 39)
-    # x: p = (96 - 30) // 2 = 33 -> [100 - 58, 130 + 58); y: p = 28 -> [150 - 53, min(189 + 53, 200))
-    assert crop_box(label) == [(42, 188), (97, 200)]
-    label[:] = 0
-    label[10:250, 5:7, 0] = 1  # wide label: no widening, margin 25, clipped at 0
-    assert crop_box(label) == [(0, 274), (0, 6 + 47 + 25)]  # p = (96 - 1) // 2 = 47
-
-
-def test_bspline_interpolation(release: Path, tmp_path: Path):
-    dl = read_datalist(prepare_pancreas(release, tmp_path / "B", labeled=2, interpolation="bspline"))
-    assert "bspline" in dl["dycon"]["preprocessing"]
-    _, image = _nii(tmp_path / "B" / "images" / "PANCREAS_0001.nii.gz")
-    assert abs(float(image.mean())) < 1e-4
+        np.testing.assert_array_equal(label, raw_label)
+        assert dl["dycon"]["cases"][case_id] == {
+            "shape": list(SHAPE),
+            "spacing": [round(geom.pixel_spacing, 6), round(geom.pixel_spacing, 6), round(geom.slice_step, 6)],
+            "axcodes": "LAI",
+            "dtype": "int16",
+        }
+        # the label lies on the pancreas-like blob (50-60 HU)
+        core = ndimage.binary_erosion(label == 1)
+        assert 40 < float(np.median(image[core])) < 65
 
 
 def test_val_and_user_splits(release: Path, tmp_path: Path):
@@ -335,15 +278,12 @@ def test_duplicates_flagged(tmp_path: Path, capsys):
     assert "PANCREAS_0025, PANCREAS_0070 duplicate other patients' scans" in capsys.readouterr().err
 
 
-def test_src_layouts_and_missing_labels(release_copy: Path, tmp_path: Path, capsys):
+def test_src_layouts(release_copy: Path, tmp_path: Path):
     # src = the Pancreas-CT folder itself, labels folder next to it, different case
     (release_copy / LABELS_FOLDER).rename(release_copy / LABELS_FOLDER.upper())
-    (release_copy / LABELS_FOLDER.upper() / "label0004.nii.gz").unlink()
     dl = read_datalist(prepare_pancreas(release_copy / PANCREAS_CT, tmp_path / "P", labeled=1))
-    assert dl["dycon"]["incomplete"] == {"no_label": ["PANCREAS_0004"], "no_dicom": []}
-    assert "PANCREAS_0004" in dl["dycon"]["missing"]["training"]
-    assert [e["id"] for e in dl["unlabeled"]] == ["PANCREAS_0002", "PANCREAS_0003"]
-    assert "no label file (PANCREAS_0004)" in capsys.readouterr().err
+    assert [e["id"] for e in dl["unlabeled"]] == TRAIN4[1:]
+    assert dl["dycon"]["source"]["label_root"].endswith(LABELS_FOLDER.upper())
 
 
 # --------------------------------------------------------------------------------------------------- h5
@@ -368,6 +308,7 @@ def test_h5_release_both_names(tmp_path: Path):
     dst = tmp_path / "P"
     dl = read_datalist(prepare_pancreas(src, dst, labeled=1))
     assert dl["dycon"]["source"]["layout"] == "h5"
+    assert dl["dycon"]["chain"] == "h5_prepared"  # the bundle runs it with --prepared_h5 true
     assert [e["id"] for e in dl["training"]] == ["PANCREAS_0001"]
     assert [e["id"] for e in dl["unlabeled"]] == ["PANCREAS_0002"]
     assert [e["id"] for e in dl["test"]] == ["PANCREAS_0063"]
@@ -403,7 +344,8 @@ def test_missing_slice_is_one_clear_error(tmp_path: Path, leftovers):
     with pytest.raises(DatasetError) as err:
         prepare_pancreas(src, dst, labeled=1)
     msg = str(err.value)
-    assert msg.startswith("PANCREAS_0002: missing slice in the DICOM series") and "\n" not in msg
+    assert "PANCREAS_0002: missing slice in the DICOM series" in msg and "\n" not in msg
+    assert "1 case(s) cannot be prepared" in msg and "--skip-incomplete" in msg
     assert f"ImagePositionPatient (0, 0, {-4 * step:g})" in msg
     assert leftovers(dst) == []
 
@@ -415,7 +357,8 @@ def test_missing_slice_through_cli(tmp_path: Path, leftovers, capsys):
         cli_main(["prepare", "pancreas", "--src", str(src), "--dst", str(dst), "--labeled", "1"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("dycon: error: PANCREAS_0001: missing slice in the DICOM series")
+    assert err[-1].startswith("dycon: error: Pancreas release ")
+    assert "PANCREAS_0001: missing slice in the DICOM series" in err[-1]
     assert leftovers(dst) == []
 
 
@@ -482,7 +425,7 @@ def test_label_with_flipped_axes_is_the_same_grid(release_copy: Path, release: P
 def test_argument_errors(release: Path, tmp_path: Path, leftovers):
     for kwargs, message in (
         ({"labeled": 2, "fraction": 0.5}, "not both"),
-        ({"labeled": 1, "interpolation": "cubic"}, "interpolation must be"),
+        ({"labeled": 1, "skip_incomplete": "maybe"}, "skip_incomplete"),
         ({"labeled": 1, "layout": "nrrd"}, "layout must be"),
         ({"labeled": 1, "splits": tmp_path / "nowhere"}, "split list"),
     ):
@@ -494,6 +437,146 @@ def test_argument_errors(release: Path, tmp_path: Path, leftovers):
     with pytest.raises(DatasetError, match="must be outside src"):
         prepare_pancreas(release, release / "out", labeled=1)
     assert leftovers(tmp_path / "P") == []
+
+
+# ------------------------------------------------------------------------- defects: fail, or --skip-incomplete
+
+SMALL = (24, 24, 6)
+SMALL_IDS = ["PANCREAS_0001", "PANCREAS_0002", "PANCREAS_0003", "PANCREAS_0063"]
+
+
+@pytest.fixture(scope="module")
+def small_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synth_pancreas(tmp_path_factory.mktemp("small") / "raw", ids=SMALL_IDS, shape=SMALL, seed=0)
+
+
+def _unlink_label(src: Path, cid: str) -> None:
+    _label_path(src, cid).unlink()
+
+
+def _drop_series(src: Path, cid: str) -> None:
+    shutil.rmtree(src / PANCREAS_CT / cid)
+
+
+def _empty_case_folder(src: Path, cid: str) -> None:
+    _drop_series(src, cid)
+    (src / PANCREAS_CT / cid).mkdir()
+
+
+def _empty_series_folder(src: Path, cid: str) -> None:
+    for f in _series_dir(src, cid).iterdir():
+        f.unlink()
+
+
+def _drop_slice(k: int):
+    return lambda src, cid: (_series_dir(src, cid) / f"1-{k:03d}.dcm").unlink()
+
+
+def _truncate_slice(src: Path, cid: str) -> None:
+    f = _series_dir(src, cid) / "1-003.dcm"
+    f.write_bytes(f.read_bytes()[:-300])
+
+
+def _label_spacing(src: Path, cid: str) -> None:
+    img, _ = _nii(_label_path(src, cid))
+    affine = img.affine.copy()
+    affine[2, 2] *= 1.5  # same slice count, other slice spacing
+    _rewrite_label(_label_path(src, cid), affine=affine)
+
+
+def _label_values(value: int):
+    def defect(src: Path, cid: str) -> None:
+        _, data = _nii(_label_path(src, cid))
+        _rewrite_label(_label_path(src, cid), array=(data * value).astype(np.uint8))
+
+    return defect
+
+
+def _garbage_label(src: Path, cid: str) -> None:
+    _label_path(src, cid).write_bytes(b"not a nifti file")
+
+
+DEFECTS = {
+    "missing label": (_unlink_label, "no label file label0002.nii.gz"),
+    "label without series": (_drop_series, "label file label0002.nii.gz but no DICOM series folder"),
+    "empty case folder": (_empty_case_folder, "no DICOM file"),
+    "empty series folder": (_empty_series_folder, "no DICOM file"),
+    "missing slice": (_drop_slice(3), "missing slice in the DICOM series"),
+    "missing end slice": (_drop_slice(SMALL[2]), r"image and label grids differ: .*\(24, 24, 5\).*\(24, 24, 6\)"),
+    "slice spacing disagrees": (_label_spacing, "image and label grids differ by up to"),
+    "truncated file": (_truncate_slice, r"DICOM file .*1-003\.dcm is truncated or corrupt"),
+    "unreadable label": (_garbage_label, "cannot read label"),
+    "label value 2": (_label_values(2), r"has values \[2\] outside"),
+    "empty label": (_label_values(0), "is empty"),
+}
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_defect_fails_or_is_skipped(defect: str, small_release: Path, tmp_path: Path, leftovers, capsys):
+    """Every defect of a listed case (here PANCREAS_0002, a training case) fails the preparation with one line
+    naming the case and writes nothing; with skip_incomplete the case is left out, printed and recorded."""
+    src = Path(shutil.copytree(small_release, tmp_path / "raw"))
+    make, reason = DEFECTS[defect]
+    make(src, "PANCREAS_0002")
+    with pytest.raises(DatasetError, match="PANCREAS_0002: [^;]*?" + reason) as err:
+        prepare_pancreas(src, tmp_path / "P", labeled=1)
+    assert "\n" not in str(err.value) and "nothing was written" in str(err.value)
+    assert leftovers(tmp_path / "P") == []
+    dl = read_datalist(prepare_pancreas(src, tmp_path / "P", labeled=1, skip_incomplete=True))
+    assert list(dl["dycon"]["skipped"]) == ["PANCREAS_0002"]
+    assert re.search(reason, dl["dycon"]["skipped"]["PANCREAS_0002"])
+    assert [e["id"] for e in dl["training"] + dl["unlabeled"]] == ["PANCREAS_0001", "PANCREAS_0003"]
+    assert [e["id"] for e in dl["test"]] == ["PANCREAS_0063"]
+    assert sorted(p.name for p in (tmp_path / "P" / "images").iterdir()) == [
+        f"{i}.nii.gz" for i in ("PANCREAS_0001", "PANCREAS_0003", "PANCREAS_0063")
+    ]
+    assert "skipped PANCREAS_0002: " in capsys.readouterr().err
+
+
+def test_every_defective_case_is_named(small_release: Path, tmp_path: Path, leftovers):
+    src = Path(shutil.copytree(small_release, tmp_path / "raw"))
+    _unlink_label(src, "PANCREAS_0002")
+    _drop_slice(2)(src, "PANCREAS_0063")
+    with pytest.raises(DatasetError, match=r"2 case\(s\) cannot be prepared \(PANCREAS_0002: .*; PANCREAS_0063: "):
+        prepare_pancreas(src, tmp_path / "P", labeled=1)
+    assert leftovers(tmp_path / "P") == []
+
+
+def test_skip_incomplete_through_cli(small_release: Path, tmp_path: Path, capsys):
+    src = Path(shutil.copytree(small_release, tmp_path / "raw"))
+    _unlink_label(src, "PANCREAS_0063")
+    dst = tmp_path / "P"
+    cli_main(["prepare", "pancreas", "--src", str(src), "--dst", str(dst), "--labeled", "1", "--skip-incomplete"])
+    dl = read_datalist(dst)
+    assert list(dl["dycon"]["skipped"]) == ["PANCREAS_0063"] and dl["test"] == []
+    assert "1 skipped: PANCREAS_0063" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ chain of the bundle
+
+
+def test_check_chain(prepared: Path, tmp_path: Path):
+    """The bundle's start-up check: raw datasets need prepared_h5 false, h5 datasets true, 1.x datasets re-preparing."""
+    datalist = prepared / "datalist.json"
+    check_chain(datalist, False)
+    check_chain(str(datalist), "false")
+    with pytest.raises(DatasetError, match="holds raw CT in HU: run the bundle with --prepared_h5 false"):
+        check_chain(datalist, True)
+    content = json.loads(datalist.read_text())
+    content["dycon"]["chain"] = "h5_prepared"
+    h5 = tmp_path / "h5.json"
+    h5.write_text(json.dumps(content))
+    check_chain(h5, True)
+    with pytest.raises(DatasetError, match="preprocessed h5 release .*--prepared_h5 true") as err:
+        check_chain(h5, False)
+    assert "\n" not in str(err.value)
+    del content["dycon"]["chain"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match="older 'dycon prepare pancreas'.*prepare the dataset again"):
+        check_chain(old, False)
+    check_chain(prepared / "images" / "PANCREAS_0001.nii.gz", False)  # not a datalist (inference input): no check
+    check_chain(tmp_path / "nowhere.json", False)
 
 
 # ------------------------------------------------------------------------------------------ idempotency
