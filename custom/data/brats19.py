@@ -319,20 +319,26 @@ def _brain_box(image: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | N
 
 
 def check_case(
-    images: Mapping[str, np.ndarray], seg: np.ndarray, channels: Sequence[str], seg_path: Path | str = "segmentation"
+    images: Mapping[str, np.ndarray],
+    seg: np.ndarray,
+    channels: Sequence[str],
+    files: Mapping[str, Path | str] | None = None,
 ) -> dict[str, Any]:
     """The checks of a loaded case that concern the model's input (``channels``); returns facts for the datalist.
 
     The bundle's chain crops to the bounding box of the voxels > 0 in any input channel (``CropForegroundd``), so
     a case whose input channels have no such voxel, or whose tumour reaches outside that box, is a DatasetError
-    (the crop would drop tumour voxels of a labeled case).
+    naming the files (``files``: ``{modality or "seg": path}``) (the crop would drop tumour voxels).
     """
+    files = files or {}
+    seg_path = files.get("seg", "segmentation")
     brain = np.zeros(seg.shape, dtype=bool)
     for ch in channels:
         brain |= np.asarray(images[ch]) > 0
     box = _brain_box(brain)
     if box is None:
-        raise DatasetError(f"{seg_path}: the input ({', '.join(channels)}) has no voxel > 0 (no brain)")
+        named = ", ".join(str(files.get(ch, ch)) for ch in channels)
+        raise DatasetError(f"{named}: the input has no voxel > 0 (no brain)")
     start, stop = box
     tumour = np.asarray(seg) > 0
     inside = tuple(slice(a, b) for a, b in zip(start, stop))
@@ -358,7 +364,7 @@ def _load_checked(
     (X, Y, Z, C) stacked in ``channels`` order), the uint8 whole-tumour label and the raw affine."""
     files = _case_files(case_dir, case_id)
     images, seg, affine = load_case(files)
-    info = check_case(images, seg, channels, seg_path=files["seg"])
+    info = check_case(images, seg, channels, files)
     if len(channels) == 1:
         image = images[channels[0]]
     else:
@@ -487,9 +493,9 @@ def prepare_brats19(
         split = Split(labeled=split.labeled, unlabeled=split.unlabeled, validation=kept["validation"])
         test_ids = kept["test"]
         if not split.validation:
-            warnings.warn(f"no val.txt case is present in {src_p}: datalist 'validation' is empty", stacklevel=2)
+            warnings.warn(f"no usable val.txt case in {src_p}: datalist 'validation' is empty", stacklevel=2)
         if not test_ids:
-            warnings.warn(f"no test.txt case is present in {src_p}: datalist 'test' is empty", stacklevel=2)
+            warnings.warn(f"no usable test.txt case in {src_p}: datalist 'test' is empty", stacklevel=2)
         cases = split.labeled + split.unlabeled + split.validation + test_ids
         metadata: dict[str, Any] = {
             "dataset": "BraTS2019",
