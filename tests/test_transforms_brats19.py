@@ -72,4 +72,6 @@ def test_bundle_chain_equals_literature_preprocessing(tmp_path: Path):
     np.testing.assert_allclose(out[0].numpy(), ref_ras, atol=1e-4)
     # the cropped RAS grid keeps the world position of its first voxel
     first = [box[0].stop - 1, box[1].stop - 1, box[2].start]
-    np.testing.assert_allclose(np.asarray(out.affine)[:3, 3], nib.affines.apply_affine(raw_img.affine, first), atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(out.affine)[:3, 3], nib.affines.apply_affine(raw_img.affine, first), atol=1e-4
+    )
