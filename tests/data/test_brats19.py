@@ -1,5 +1,5 @@
-"""BraTS 2019 preparation (custom.data.brats19): synthetic raw release, CLI, FLAIR and 4-channel outputs, geometry,
-normalisation, splits, idempotency, errors."""
+"""BraTS 2019 preparation (custom.data.brats19): synthetic raw release, CLI, FLAIR and 4-channel outputs (raw values
+and geometry: conversion only), splits, idempotency, defective cases (errors and --skip-incomplete)."""
 
 from __future__ import annotations
 
