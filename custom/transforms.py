@@ -18,6 +18,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import monai.transforms
+import numpy as np
 import torch
 from monai.transforms import (
     Compose,
@@ -38,6 +39,7 @@ from monai.transforms import (
 from .flags import as_bool
 
 __all__ = [
+    "ClipNonzeroPercentiled",
     "CropAroundLabeld",
     "Spacingd",
     "augmentation",
@@ -205,3 +207,43 @@ def evaluation_transforms(normalize_nonzero: bool = False) -> Compose:
 def inference_transforms(normalize_nonzero: bool = False) -> Compose:
     """Inference chain (image only); ``Invertd`` with this Compose restores the input's orientation."""
     return Compose(load_transforms(("image",), normalize_nonzero))
+
+
+# ---- brats19
+
+
+class ClipNonzeroPercentiled(MapTransform):
+    """Clip ``keys`` from above at the ``upper`` percentile of their NON-ZERO voxels, per channel.
+
+    The BraTS convention (SSL4MIS, DyCON): on skull-stripped MRI the percentile is taken over the brain voxels
+    (the exact-zero background excluded), which ``ClipIntensityPercentilesd`` (all voxels) cannot do. Zero voxels
+    stay zero; a channel without non-zero voxels is left unchanged. Not spatial, so ``Invertd`` has nothing to undo.
+
+    Args:
+        keys: image keys, tensors (C, *spatial).
+        upper: percentile in [0, 100] of the non-zero voxels of each channel, e.g. 99.9.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: Sequence[str] | str, upper: float = 99.9, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not 0.0 <= float(upper) <= 100.0:
+            raise ValueError(f"upper must be a percentile in [0, 100], got {upper!r}")
+        self.upper = float(upper)
+
+    def clip(self, image: torch.Tensor) -> torch.Tensor:
+        """``image`` (C, *spatial) clipped channel by channel; same type, dtype and device."""
+        out = image.clone()
+        for c in range(image.shape[0]):
+            values = image[c].detach().cpu().numpy()
+            nonzero = values[values != 0]
+            if nonzero.size:
+                hi = float(np.percentile(nonzero.astype(np.float64), self.upper))
+                out[c] = torch.clamp(image[c], max=hi)
+        return out
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.clip(d[key])
+        return d

@@ -1,39 +1,34 @@
-"""BraTS 2019 (brain tumour, multi-parametric MRI): preparation for semi-supervised whole-tumour segmentation and
-a synthetic stand-in of the raw release.
+"""BraTS 2019 (brain tumour, multi-parametric MRI): conversion and split of the raw release for semi-supervised
+whole-tumour segmentation, and a synthetic stand-in of the raw release.
 
 ``prepare_brats19`` reads the raw training release::
 
     MICCAI_BraTS_2019_Data_Training/{HGG,LGG}/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz
 
-(folder and file names matched case-insensitively, ``.nii.gz`` or ``.nii``) and applies the semi-supervised
-convention of SSL4MIS / DyCON, case by case:
+(folder and file names matched case-insensitively, ``.nii.gz`` or ``.nii``). It CONVERTS AND SPLITS, nothing more:
+the images keep the raw voxel values, shape, axis order and affine (no crop, no clip, no normalisation, no
+reorientation). All preprocessing the model depends on (RAS orientation, 1 mm spacing, the brain bounding-box crop,
+the 99.9th-percentile clip and the z-score over brain voxels) is in the bundle's transform chain
+(``preprocessing_transforms`` in ``bundles/dycon_brats19/configs/train.yaml`` and ``inference.yaml``), so a raw
+``*_flair.nii.gz`` is a valid inference input.
 
-1. read the four modalities and the segmentation; all five must be 3-D with the same shape and affine;
-   segmentation values must lie in {0, 1, 2, 4} (1 necrotic / non-enhancing core, 2 edema, 4 enhancing; the release
-   has no 3) and images must be finite;
-2. brain mask = voxels where ANY of the four modalities is non-zero (the release is skull-stripped with an exact-zero
-   background). The mask is the union over the four modalities in both modes, so the FLAIR-only and the 4-channel
-   datasets have exactly the same crop;
-3. crop every volume and the label to the bounding box of the brain mask (images only: the crop never looks at the
-   label, so test cases are not cropped with knowledge of the ground truth). A tumour voxel outside that box is an
-   error (nothing is dropped silently);
-4. per channel: clip at the 99.9th percentile of the brain voxels (upper bound only), then z-score with the mean and
-   standard deviation of the brain voxels (float64, stored as float32); voxels outside the brain mask are set to 0
-   after normalisation (0 = the brain mean; SSL4MIS fills them with N(0, 1) noise instead, which is not
-   reproducible);
-5. whole tumour: label > 0 -> 1 (uint8).
-
-Axes are NEVER transposed or reoriented: the arrays keep the index order of the raw NIfTI files (nibabel order,
-i.e. the reverse of SimpleITK's ``GetArrayFromImage``) in training, validation, test and inference alike, and the
-output affine is the raw affine with its origin moved to the crop start (``affine @ translation(crop_start)``), so
-every voxel keeps its world position.
+Every case of the split lists that is present is checked (all four modalities and the segmentation, in both
+modes): every file present, readable, non-empty and 3-D; the five on the same grid (shape and affine); images finite
+and not all zero; segmentation values in {0, 1, 2, 4} (1 necrotic / non-enhancing core, 2 edema, 4 enhancing; the
+release has no 3); no tumour voxel outside the bounding box of the brain (voxels > 0 in any input channel: the box
+the chain crops to). A case that fails is a DatasetError naming it and nothing is written, unless
+``skip_incomplete=True`` (``--skip-incomplete``): then it is left out, printed and recorded in ``dycon.skipped``.
+Ids of the split lists that are absent from the release are not an error (``dycon.missing``; a subset of the
+release is allowed).
 
 Output (``dst``)::
 
-    images/<id>.nii.gz    float32; 3-D (X, Y, Z) for ``modalities="flair"``, 4-D (X, Y, Z, 4) for ``"all"`` with the
-                          channels in the order of ``CHANNELS_ALL`` = [flair, t1, t1ce, t2] (``dycon.channels``)
-    labels/<id>.nii.gz    uint8 {0, 1}; written for every case (unlabeled ones too, for pseudo-label evaluation),
-                          but only referenced by the training/validation/test entries of the datalist
+    images/<id>.nii.gz    the raw image values and affine: 3-D (X, Y, Z) FLAIR for ``modalities="flair"``; 4-D
+                          (X, Y, Z, 4) for ``"all"`` with the channels in the order of ``CHANNELS_ALL`` = [flair, t1,
+                          t1ce, t2] (``dycon.channels``), the four raw files stacked
+    labels/<id>.nii.gz    uint8 {0, 1} whole tumour (label > 0 -> 1) on the same grid; written for every case
+                          (unlabeled ones too, for pseudo-label evaluation), but only referenced by the training /
+                          validation / test entries of the datalist
     datalist.json         training (labeled: the first N present ids of train.txt) / unlabeled (the rest of
                           train.txt) / validation (val.txt: checkpoint selection only) / test (test.txt: final
                           evaluation only); see :mod:`custom.data.datalist`
@@ -46,7 +41,6 @@ tests on val.txt: neither happens here.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 import warnings
@@ -66,6 +60,7 @@ from .datalist import (
     Split,
     atomic_dataset,
     build_datalist,
+    check_complete,
     check_destination,
     check_outside,
     check_split_arguments,
@@ -79,20 +74,17 @@ from .nifti import write_nifti
 
 __all__ = [
     "CHANNELS_ALL",
-    "CLIP_PERCENTILE",
     "DEFAULT_LABELED",
     "LABEL_VALUES",
     "MODALITIES",
     "RELEASE_FOLDER",
-    "brain_bbox",
+    "check_case",
     "default_synth_ids",
     "find_release",
     "likely_grade",
     "load_case",
-    "normalize_channel",
     "official_splits",
     "prepare_brats19",
-    "preprocess_case",
     "synth_brats19",
 ]
 
@@ -107,8 +99,6 @@ CHANNELS_ALL = ("flair", "t1", "t1ce", "t2")
 LABEL_VALUES = (0, 1, 2, 4)
 #: 10 % of the 250 official training cases (50 = 20 %).
 DEFAULT_LABELED = 25
-#: Upper clip of every channel, as a percentile of its brain voxels.
-CLIP_PERCENTILE = 99.9
 SPLIT_FILES = {"training": "train.txt", "validation": "val.txt", "test": "test.txt"}
 _PACKAGE_SPLITS = ("splits", "BraTS2019")
 _EXTENSIONS = (".nii.gz", ".nii")  # preference order when both exist
@@ -243,6 +233,8 @@ def _case_files(case_dir: Path, case_id: str) -> dict[str, Path]:
     for p in sorted(case_dir.iterdir()):
         if p.is_file():
             by_name.setdefault(p.name.lower(), p)
+    if not by_name:
+        raise DatasetError(f"{case_dir}: empty case folder (no file)")
     files: dict[str, Path] = {}
     for kind in (*MODALITIES, "seg"):
         stem = f"{case_id}_{kind}".lower()
@@ -262,6 +254,8 @@ def _case_files(case_dir: Path, case_id: str) -> dict[str, Path]:
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
 
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: empty file (0 bytes)")
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
@@ -313,91 +307,70 @@ def load_case(files: Mapping[str, Path]) -> tuple[dict[str, np.ndarray], np.ndar
     return images, seg, affine
 
 
-# ------------------------------------------------------------------------------------------ preprocessing
+# ------------------------------------------------------------------------------------------------ checking
 
 
-def brain_bbox(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Bounding box of a non-empty mask: ``(start, stop)`` per axis, stop exclusive, in the array's axis order."""
-    nz = np.nonzero(mask)
+def _brain_box(image: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Bounding box ``(start, stop)`` (stop exclusive) of the voxels > 0 of a 3-D mask or image; None if none is."""
+    nz = np.nonzero(image > 0)
     if nz[0].size == 0:
-        raise DatasetError("empty brain mask")
+        return None
     return tuple(int(a.min()) for a in nz), tuple(int(a.max()) + 1 for a in nz)
 
 
-def normalize_channel(
-    image: np.ndarray, brain: np.ndarray, percentile: float = CLIP_PERCENTILE
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Clip at the ``percentile`` of the brain voxels (upper bound), z-score over the brain voxels, 0 outside.
-
-    Computed in float64, returned as float32 with ``{"clip", "mean", "std"}`` (mean/std after clipping).
-    """
-    img = np.asarray(image, dtype=np.float64)
-    vals = img[brain]
-    if vals.size == 0:
-        raise DatasetError("no brain voxel to normalise over")
-    hi = float(np.percentile(vals, percentile))
-    img = np.minimum(img, hi)
-    vals = img[brain]
-    mean, std = float(vals.mean()), float(vals.std())
-    if not math.isfinite(std) or std <= 0.0:
-        raise DatasetError("image is constant over the brain, cannot z-score it")
-    out = (img - mean) / std
-    out[~brain] = 0.0
-    return out.astype(np.float32), {"clip": hi, "mean": mean, "std": std}
-
-
-def preprocess_case(
+def check_case(
     images: Mapping[str, np.ndarray],
     seg: np.ndarray,
-    affine: np.ndarray,
     channels: Sequence[str],
-    seg_path: Path | str = "segmentation",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """Brain bounding-box crop, clip + z-score per channel, whole-tumour label (see the module docstring).
+    files: Mapping[str, Path | str] | None = None,
+) -> dict[str, Any]:
+    """The checks of a loaded case that concern the model's input (``channels``); returns facts for the datalist.
 
-    ``images`` must hold all four modalities (the brain mask is their union); ``channels`` selects the output
-    channels, in order. Returns ``(image float32 (X, Y, Z) or (X, Y, Z, C), label uint8 {0, 1}, new affine,
-    info)`` where ``info`` holds the crop box and the per-channel clip / mean / std.
+    The bundle's chain crops to the bounding box of the voxels > 0 in any input channel (``CropForegroundd``), so
+    a case whose input channels have no such voxel, or whose tumour reaches outside that box, is a DatasetError
+    naming the files (``files``: ``{modality or "seg": path}``) (the crop would drop tumour voxels).
     """
+    files = files or {}
+    seg_path = files.get("seg", "segmentation")
     brain = np.zeros(seg.shape, dtype=bool)
-    for mod in MODALITIES:
-        brain |= np.asarray(images[mod]) != 0
-    if not brain.any():
-        raise DatasetError(f"{seg_path}: all four modalities are zero everywhere (no brain)")
-    start, stop = brain_bbox(brain)
-    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    for ch in channels:
+        brain |= np.asarray(images[ch]) > 0
+    box = _brain_box(brain)
+    if box is None:
+        named = ", ".join(str(files.get(ch, ch)) for ch in channels)
+        raise DatasetError(f"{named}: the input has no voxel > 0 (no brain)")
+    start, stop = box
     tumour = np.asarray(seg) > 0
-    kept = int(np.count_nonzero(tumour[box]))
+    inside = tuple(slice(a, b) for a, b in zip(start, stop))
     total = int(np.count_nonzero(tumour))
+    kept = int(np.count_nonzero(tumour[inside]))
     if kept != total:
         raise DatasetError(
             f"{seg_path}: {total - kept} tumour voxel(s) lie outside the brain bounding box {list(start)}-"
-            f"{list(stop)} (voxels where every modality is 0); the crop would drop them"
+            f"{list(stop)} (voxels where every input channel is 0); the bundle's brain crop would drop them"
         )
-    brain_c = brain[box]
-    outs, stats = [], {"clip": [], "mean": [], "std": []}
-    for ch in channels:
-        try:
-            out, st = normalize_channel(np.asarray(images[ch])[box], brain_c)
-        except DatasetError as err:
-            raise DatasetError(f"{seg_path} ({ch}): {err}") from err
-        outs.append(out)
-        for k in stats:
-            stats[k].append(st[k])
-    image = outs[0] if len(outs) == 1 else np.stack(outs, axis=-1)
-    label = tumour[box].astype(np.uint8)
-    shift = np.eye(4)
-    shift[:3, 3] = start
-    new_affine = np.asarray(affine, dtype=np.float64) @ shift
-    info = {
+    return {
         "source_shape": [int(s) for s in seg.shape],
-        "crop_start": list(start),
-        "crop_stop": list(stop),
+        "brain_box": [list(start), list(stop)],
         "brain_voxels": int(np.count_nonzero(brain)),
         "tumour_voxels": total,
-        **stats,
     }
-    return image, label, new_affine, info
+
+
+def _load_checked(
+    case_dir: Path, case_id: str, channels: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read, check and convert one case: ``(image, label, affine, info)`` with the raw voxel values (3-D, or
+    (X, Y, Z, C) stacked in ``channels`` order), the uint8 whole-tumour label and the raw affine."""
+    files = _case_files(case_dir, case_id)
+    images, seg, affine = load_case(files)
+    info = check_case(images, seg, channels, files)
+    if len(channels) == 1:
+        image = images[channels[0]]
+    else:
+        dtype = np.result_type(*(images[c].dtype for c in channels))
+        image = np.stack([np.asarray(images[c], dtype=dtype) for c in channels], axis=-1)
+    return image, (np.asarray(seg) > 0).astype(np.uint8), affine, info
 
 
 # -------------------------------------------------------------------------------------------------- prepare
@@ -422,8 +395,10 @@ def prepare_brats19(
     modalities: str = "flair",
     splits: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    skip_incomplete: bool = False,
 ) -> Path:
-    """Prepare BraTS 2019 whole-tumour segmentation from the raw release ``src`` into ``dst``; return the datalist.
+    """Convert and split BraTS 2019 whole-tumour segmentation from the raw release ``src`` into ``dst``; return the
+    datalist.
 
     Args:
         src: the folder holding ``MICCAI_BraTS_2019_Data_Training``, that folder itself, or a folder holding
@@ -440,11 +415,15 @@ def prepare_brats19(
         overwrite: replace a dataset previously written here with other arguments (a rerun with the SAME
             arguments returns at once; with ``overwrite=True`` it is rebuilt). A ``dst`` that is not a dataset
             written by us is never touched.
+        skip_incomplete: leave out listed cases that fail a check (listed on stderr and in ``dycon.skipped``)
+            instead of failing.
 
     Ids of the lists that are absent from ``src`` are skipped and reported (stderr and ``dycon.missing``); cases of
-    the release that are in no list are reported (``dycon.unlisted``) and ignored. Any problem with a case that is
-    used (missing modality file, unreadable file, shape or affine mismatch, NaN/Inf, label value outside
-    {0, 1, 2, 4}) is a DatasetError naming the file, and nothing is left at ``dst``.
+    the release that are in no list are reported (``dycon.unlisted``) and ignored. A listed case that is present but
+    fails a check (missing or empty modality / segmentation file, empty case folder, unreadable file, not 3-D,
+    shape or affine mismatch between its files, NaN/Inf, label value outside {0, 1, 2, 4}, no brain, tumour outside
+    the brain box) is a DatasetError naming the case and the file, and nothing is left at ``dst``, unless
+    ``skip_incomplete``. The images are written with their raw values and affine (see the module docstring).
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
@@ -456,12 +435,8 @@ def prepare_brats19(
 
     present = release.cases
     found, missing, unlisted = present_in_lists(lists, present)
-    train_ids, val_ids, test_ids = (found[k] for k in ("training", "validation", "test"))
-
-    split = split_training(
-        train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, val=0, default_labeled=DEFAULT_LABELED
-    )
-    split = Split(labeled=split.labeled, unlabeled=split.unlabeled, validation=val_ids)
+    split_kwargs = {"labeled": labeled, "fraction": fraction, "random": random, "seed": seed, "val": 0}
+    split_training(found["training"], default_labeled=DEFAULT_LABELED, **split_kwargs)  # argument errors first
 
     arguments = {
         "src": str(src_p),
@@ -471,7 +446,9 @@ def prepare_brats19(
         "seed": seed,
         "modalities": mode,
         "splits": None if splits is None else splits_origin,
+        "skip_incomplete": bool(skip_incomplete),
     }
+    check_complete({}, skip_incomplete)  # a bad skip_incomplete value fails before any work
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
         return dst_p / DATALIST_NAME
@@ -486,71 +463,77 @@ def prepare_brats19(
     if unlisted:
         shown = ", ".join(unlisted[:10]) + (", ..." if len(unlisted) > 10 else "")
         _info(f"{len(unlisted)} case(s) in {release.case_root} are in no split list and were ignored: {shown}")
-    if not val_ids:
-        warnings.warn(f"no val.txt case is present in {src_p}: datalist 'validation' is empty", stacklevel=2)
-    if not test_ids:
-        warnings.warn(f"no test.txt case is present in {src_p}: datalist 'test' is empty", stacklevel=2)
 
-    cases = split.labeled + split.unlabeled + split.validation + test_ids
-    metadata: dict[str, Any] = {
-        "dataset": "BraTS2019",
-        "task": "whole tumour: labels 1 (necrotic/non-enhancing core), 2 (edema), 4 (enhancing) -> 1",
-        "label_mapping": {"0": 0, "1": 1, "2": 1, "4": 1},
-        "modalities": mode,
-        "channels": channels,
-        "in_channels": len(channels),
-        "channel_axis": None if len(channels) == 1 else "last: images are (X, Y, Z, C)",
-        "source": {
-            "path": str(src_p),
-            "case_root": str(release.case_root),
-            "grades": {g: sum(1 for i in cases if present[i][0] == g) for g in GRADES},
-        },
-        "splits": {
-            "origin": splits_origin,
-            "files": {SPLIT_FILES[k]: {"ids": len(v), "sha256": _digest(v)} for k, v in lists.items()},
-            "rule": "train.txt -> training (labeled) + unlabeled; val.txt -> validation (checkpoint "
-            "selection only); test.txt -> test (final evaluation only)",
-        },
-        "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N present ids of train.txt")
-        + (f"; default N = {DEFAULT_LABELED} (10% of 250)" if labeled is None and fraction is None else ""),
-        "brain_mask": "voxels where any of the four modalities (t1, t1ce, t2, flair) is non-zero, in both modes "
-        "(the same crop for flair and all)",
-        "preprocessing": (
-            "crop to the brain-mask bounding box (images only, the label is not used); per channel clip at the "
-            f"{CLIP_PERCENTILE}th percentile of the brain voxels (upper bound), z-score with the mean/std of the "
-            "brain voxels (float64 -> float32); label > 0 -> 1"
-        ),
-        "outside_brain": "0 after normalisation (= the brain mean); SSL4MIS fills it with N(0, 1) noise instead",
-        "crop_uses_label": "no: the crop is the brain bounding box from the images",
-        "axes": "array axes as stored in the raw NIfTI (nibabel index order), never transposed or reoriented; "
-        "affine = raw affine @ translation(crop_start), so every voxel keeps its world position",
-        "cases": {},
-        "missing": missing,
-        "unlisted": unlisted,
-        "arguments": arguments,
-    }
     image_rel = lambda i: f"images/{i}.nii.gz"  # noqa: E731
     label_rel = lambda i: f"labels/{i}.nii.gz"  # noqa: E731
-    datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata)
-
+    listed = [i for key in ("training", "validation", "test") for i in found[key]]
     with atomic_dataset(dst_p) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
-        for k, case_id in enumerate(cases, 1):
+        problems: dict[str, str] = {}
+        infos: dict[str, dict[str, Any]] = {}
+        for k, case_id in enumerate(listed, 1):
             grade, case_dir = present[case_id]
-            files = _case_files(case_dir, case_id)
-            images, seg, affine = load_case(files)
-            image, label, new_affine, info = preprocess_case(images, seg, affine, channels, seg_path=files["seg"])
-            write_nifti(image, tmp / image_rel(case_id), new_affine, np.float32)
-            write_nifti(label, tmp / label_rel(case_id), new_affine, np.uint8)
-            datalist["dycon"]["cases"][case_id] = {"grade": grade, **info}
-            if k % _PROGRESS_EVERY == 0 and k < len(cases):
-                _info(f"{k}/{len(cases)} cases")
+            try:
+                image, label, affine, info = _load_checked(case_dir, case_id, channels)
+            except DatasetError as err:
+                problems[case_id] = str(err)
+                continue
+            write_nifti(image, tmp / image_rel(case_id), affine, image.dtype.type)
+            write_nifti(label, tmp / label_rel(case_id), affine, np.uint8)
+            infos[case_id] = {"grade": grade, **info}
+            if k % _PROGRESS_EVERY == 0 and k < len(listed):
+                _info(f"{k}/{len(listed)} cases")
+        skipped = check_complete(problems, skip_incomplete, what=f"BraTS 2019 release {release.case_root}")
+        for case_id, reason in skipped.items():
+            _info(f"skipped {case_id}: {reason}")
+
+        kept = {key: [i for i in ids if i not in skipped] for key, ids in found.items()}
+        split = split_training(kept["training"], default_labeled=DEFAULT_LABELED, **split_kwargs)
+        split = Split(labeled=split.labeled, unlabeled=split.unlabeled, validation=kept["validation"])
+        test_ids = kept["test"]
+        if not split.validation:
+            warnings.warn(f"no usable val.txt case in {src_p}: datalist 'validation' is empty", stacklevel=2)
+        if not test_ids:
+            warnings.warn(f"no usable test.txt case in {src_p}: datalist 'test' is empty", stacklevel=2)
+        cases = split.labeled + split.unlabeled + split.validation + test_ids
+        metadata: dict[str, Any] = {
+            "dataset": "BraTS2019",
+            "task": "whole tumour: labels 1 (necrotic/non-enhancing core), 2 (edema), 4 (enhancing) -> 1",
+            "label_mapping": {"0": 0, "1": 1, "2": 1, "4": 1},
+            "modalities": mode,
+            "channels": channels,
+            "in_channels": len(channels),
+            "channel_axis": None if len(channels) == 1 else "last: images are (X, Y, Z, C)",
+            "source": {
+                "path": str(src_p),
+                "case_root": str(release.case_root),
+                "grades": {g: sum(1 for i in cases if present[i][0] == g) for g in GRADES},
+            },
+            "splits": {
+                "origin": splits_origin,
+                "files": {SPLIT_FILES[k]: {"ids": len(v), "sha256": _digest(v)} for k, v in lists.items()},
+                "rule": "train.txt -> training (labeled) + unlabeled; val.txt -> validation (checkpoint "
+                "selection only); test.txt -> test (final evaluation only)",
+            },
+            "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N present ids of train.txt")
+            + (f"; default N = {DEFAULT_LABELED} (10% of 250)" if labeled is None and fraction is None else ""),
+            "preprocessing": "none: images keep the raw voxel values, shape, axis order and affine "
+            f"({'FLAIR' if mode == 'flair' else 'the four modalities stacked as channels'}); label > 0 -> 1. "
+            "Orientation, spacing, brain crop, clip and z-score are in the bundle's transform chain",
+            "brain_box": "bounding box of the voxels > 0 in any input channel (what the bundle's CropForegroundd "
+            "crops to); a tumour voxel outside it is an error",
+            "cases": {i: infos[i] for i in cases},
+            "missing": missing,
+            "unlisted": unlisted,
+            "arguments": arguments,
+        }
+        datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata, skipped=skipped)
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
     _info(
         f"wrote {dst_p} ({mode}): {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} "
-        f"validation, {c['test']} test"
+        f"validation, {c['test']} test" + (f"; skipped {len(skipped)}: {', '.join(skipped)}" if skipped else "")
     )
     return dst_p / DATALIST_NAME
 

@@ -1,5 +1,5 @@
-"""BraTS 2019 preparation (custom.data.brats19): synthetic raw release, CLI, FLAIR and 4-channel outputs, geometry,
-normalisation, splits, idempotency, errors."""
+"""BraTS 2019 preparation (custom.data.brats19): synthetic raw release, CLI, FLAIR and 4-channel outputs (raw values
+and geometry: conversion only), splits, idempotency, defective cases (errors and --skip-incomplete)."""
 
 from __future__ import annotations
 
@@ -71,15 +71,6 @@ def _bbox(mask: np.ndarray) -> tuple[list[int], list[int]]:
     return [int(a.min()) for a in nz], [int(a.max()) + 1 for a in nz]
 
 
-def _expected_channel(raw: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Reference implementation: clip at the 99.9th percentile of brain voxels, z-score over brain, 0 outside."""
-    x = raw.astype(np.float64)
-    x = np.minimum(x, np.percentile(x[brain], 99.9))
-    out = (x - x[brain].mean()) / x[brain].std()
-    out[~brain] = 0
-    return out.astype(np.float32)
-
-
 def _save_like(path: Path, array: np.ndarray, like: Path, dtype=None) -> None:
     ref = nib.load(str(like))
     img = nib.Nifti1Image(np.asarray(array, dtype=dtype or ref.get_data_dtype()), ref.affine)
@@ -110,6 +101,10 @@ def four(release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def raw_copy(release: Path, tmp_path: Path) -> Path:
     """A writable copy of the synthetic release (to corrupt)."""
     return Path(shutil.copytree(release, tmp_path / "rawsrc"))
+
+
+def _ids_of(dl: dict, key: str) -> list[str]:
+    return [e["id"] for e in dl[key]]
 
 
 def _all_ids(dl: dict) -> list[str]:
@@ -248,7 +243,8 @@ def test_datalist_splits(flair: Path, release: Path):
     assert meta["arguments"]["modalities"] == "flair" and meta["arguments"]["labeled"] == 2
     assert meta["source"]["grades"] == {"HGG": 4, "LGG": 2}
     assert sorted(meta["cases"]) == sorted(_all_ids(dl))
-    assert "any of the four modalities" in meta["brain_mask"] and "0 after normalisation" in meta["outside_brain"]
+    assert meta["preprocessing"].startswith("none: images keep the raw voxel values") and meta["skipped"] == {}
+    assert meta["arguments"]["skip_incomplete"] is False
     for e in dl["unlabeled"]:  # label files exist on disk (pseudo-label evaluation) but are not referenced
         assert (flair / f"labels/{e['id']}.nii.gz").is_file()
 
@@ -271,47 +267,26 @@ def test_monai_loads_both_modes(flair: Path, four: Path):
 
 
 def test_flair_contents(flair: Path, release: Path):
+    """Conversion only: the prepared FLAIR is the raw FLAIR (values, dtype, shape, axis order, affine), the label is
+    the raw segmentation > 0 on the same grid."""
     dl = read_datalist(flair)
     for case_id in _all_ids(dl):
         raw_img, raw_flair = _raw(release, case_id, "flair")
         _, raw_seg = _raw(release, case_id, "seg")
         img, image = _nii(flair / f"images/{case_id}.nii.gz")
         lab, label = _nii(flair / f"labels/{case_id}.nii.gz")
-        assert image.dtype == np.float32 and img.get_data_dtype() == np.float32 and image.ndim == 3
+        assert image.dtype == raw_flair.dtype == np.int16 and image.shape == raw_flair.shape == SHAPE
+        np.testing.assert_array_equal(image, raw_flair)  # no crop, clip, normalisation or transposition
+        np.testing.assert_allclose(img.affine, raw_img.affine)
+        np.testing.assert_allclose(lab.affine, raw_img.affine)
         assert label.dtype == np.uint8 and lab.get_data_dtype() == np.uint8
+        np.testing.assert_array_equal(label, (raw_seg > 0).astype(np.uint8))
         assert set(np.unique(label).tolist()) == {0, 1}
-        brain = _raw_brain(release, case_id)
-        start, stop = _bbox(brain)
-        box = tuple(slice(a, b) for a, b in zip(start, stop))
-        # no transposition: the crop has the bbox extents in the raw axis order
-        assert image.shape == label.shape == tuple(b - a for a, b in zip(start, stop))
-        assert image.shape != raw_flair.shape  # it really crops
-        # whole tumour: 1, 2, 4 -> 1, nothing lost by the crop; the brain is kept whole
-        np.testing.assert_array_equal(label, (raw_seg[box] > 0).astype(np.uint8))
-        assert int(label.sum()) == int((raw_seg > 0).sum())
-        assert int(brain[box].sum()) == int(brain.sum())
-        # clip + z-score over the brain, 0 outside
-        np.testing.assert_allclose(image, _expected_channel(raw_flair[box], brain[box]), atol=1e-5)
-        b = brain[box]
-        assert abs(float(image[b].mean())) < 1e-4 and abs(float(image[b].std()) - 1) < 1e-4
-        assert (image[~b] == 0).all()
-        m = dl["dycon"]["cases"][case_id]  # the 99.9th percentile clip: the top voxels share the maximum
-        assert m["clip"][0] == pytest.approx(np.percentile(raw_flair[brain], 99.9))
-        assert m["clip"][0] < raw_flair.max()
-        assert image[b].max() == pytest.approx((m["clip"][0] - m["mean"][0]) / m["std"][0], abs=1e-5)
-        assert int((image[b] >= image[b].max() - 1e-6).sum()) >= 2
-        # same world space: a voxel of the crop maps to the world point of the raw voxel it came from
-        np.testing.assert_allclose(lab.affine, img.affine)
-        for ijk in ([0, 0, 0], [3, 5, 7], [s - 1 for s in image.shape]):
-            raw_ijk = np.add(ijk, start)
-            np.testing.assert_allclose(nib.affines.apply_affine(img.affine, ijk),
-                                       nib.affines.apply_affine(raw_img.affine, raw_ijk))
-            assert image[tuple(ijk)] == _expected_channel(raw_flair[box], brain[box])[tuple(ijk)]
-        np.testing.assert_allclose(img.affine[:3, :3], raw_img.affine[:3, :3])  # no axis permutation / flip
-        assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
         meta = dl["dycon"]["cases"][case_id]
-        assert meta["crop_start"] == start and meta["crop_stop"] == stop
-        assert meta["source_shape"] == list(raw_flair.shape)
+        brain = raw_flair > 0
+        start, stop = _bbox(brain)
+        assert meta["brain_box"] == [start, stop] and meta["brain_voxels"] == int(brain.sum())
+        assert meta["tumour_voxels"] == int((raw_seg > 0).sum()) and meta["source_shape"] == list(SHAPE)
 
 
 def test_all_modalities_channels(four: Path, flair: Path, release: Path):
@@ -322,21 +297,14 @@ def test_all_modalities_channels(four: Path, flair: Path, release: Path):
     for case_id in _all_ids(dl):
         img, image = _nii(four / f"images/{case_id}.nii.gz")
         _, label = _nii(four / f"labels/{case_id}.nii.gz")
-        f_img, f_image = _nii(flair / f"images/{case_id}.nii.gz")
-        assert image.dtype == np.float32 and image.shape == (*label.shape, 4)
-        np.testing.assert_allclose(img.affine, f_img.affine)  # the same crop in both modes
-        np.testing.assert_array_equal(image[..., 0], f_image)  # channel 0 is FLAIR
-        brain = _raw_brain(release, case_id)
-        start, stop = _bbox(brain)
-        box = tuple(slice(a, b) for a, b in zip(start, stop))
-        for c, mod in enumerate(CHANNELS_ALL):
-            _, raw = _raw(release, case_id, mod)
-            np.testing.assert_allclose(image[..., c], _expected_channel(raw[box], brain[box]), atol=1e-5)
-            assert abs(float(image[..., c][brain[box]].mean())) < 1e-4
-            assert abs(float(image[..., c][brain[box]].std()) - 1) < 1e-4
-        # the channels differ (t1ce enhancement is not in t1, ...): the order is not scrambled
-        assert not np.allclose(image[..., 1], image[..., 2])
+        raw_img, _ = _raw(release, case_id, "flair")
+        assert image.dtype == np.int16 and image.shape == (*SHAPE, 4) == (*label.shape, 4)
+        np.testing.assert_allclose(img.affine, raw_img.affine)
+        for c, mod in enumerate(CHANNELS_ALL):  # the four raw files stacked, FLAIR first
+            np.testing.assert_array_equal(image[..., c], _raw(release, case_id, mod)[1])
         np.testing.assert_array_equal(label, _nii(flair / f"labels/{case_id}.nii.gz")[1])
+        start, stop = _bbox(_raw_brain(release, case_id))  # the box of all four channels
+        assert dl["dycon"]["cases"][case_id]["brain_box"] == [start, stop]
 
 
 # ------------------------------------------------------------------------------------------------ idempotency
@@ -440,30 +408,28 @@ def _first_train(src: Path) -> str:
     return next(i for i in _lists()["training"] if i in present)
 
 
-@pytest.mark.parametrize(
-    ("corrupt", "message", "which"),
-    [
-        ("label3", "label values [3] outside {0, 1, 2, 4}", "seg"),
-        ("missing", "missing t1ce file", "t1ce"),
-        ("nan", "NaN/Inf voxel", "flair"),
-        ("shape", "image shape", "t2"),
-        ("affine", "affine differs from the segmentation's", "t1"),
-        ("garbage", "cannot read NIfTI file", "flair"),
-        ("outside", "tumour voxel(s) lie outside the brain bounding box", "seg"),
-    ],
-)
-def test_errors_leave_no_dst(raw_copy: Path, tmp_path: Path, leftovers, corrupt, message, which):
-    case_id = _first_train(raw_copy)
-    case = _case_dir(raw_copy, case_id)
+def _corrupt(src: Path, case_id: str, corrupt: str, which: str) -> Path:
+    """Damage one file (or the folder) of a case of the writable release ``src``; returns the path damaged."""
+    case = _case_dir(src, case_id)
     path = case / f"{case_id}_{which}.nii.gz"
-    seg_path = case / f"{case_id}_seg.nii.gz"
+    if corrupt == "emptydir":
+        for f in case.iterdir():
+            f.unlink()
+        return case
+    if corrupt == "missing":
+        path.unlink()
+        return path
+    if corrupt == "emptyfile":
+        path.write_bytes(b"")
+        return path
+    if corrupt == "garbage":
+        path.write_bytes(os.urandom(2048))
+        return path
     _, data = _nii(path)
     if corrupt == "label3":
         data = data.copy()
         data[data == 1] = 3
-        _save_like(path, data, seg_path)
-    elif corrupt == "missing":
-        path.unlink()
+        _save_like(path, data, path)
     elif corrupt == "nan":
         data = data.astype(np.float32)
         data[tuple(s // 2 for s in data.shape)] = np.nan
@@ -471,24 +437,96 @@ def test_errors_leave_no_dst(raw_copy: Path, tmp_path: Path, leftovers, corrupt,
     elif corrupt == "shape":
         _save_like(path, data[:, :, :-1], path)
     elif corrupt == "affine":
-        img = nib.load(str(path))
-        aff = img.affine.copy()
+        aff = nib.load(str(path)).affine.copy()
         aff[0, 3] += 5.0
         new = nib.Nifti1Image(data, None)
         new.set_qform(aff, code=1)
         nib.save(new, str(path))
-    elif corrupt == "garbage":
-        path.write_bytes(os.urandom(2048))
+    elif corrupt == "twod":
+        _save_like(path, data[:, :, 0], path)
+    elif corrupt == "zero":
+        _save_like(path, np.zeros_like(data), path)
     elif corrupt == "outside":
         data = data.copy()
         data[0, 0, 0] = 2  # a tumour voxel in the zero background corner
         _save_like(path, data, path)
+    else:
+        raise AssertionError(corrupt)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message", "which"),
+    [
+        ("label3", "label values [3] outside {0, 1, 2, 4}", "seg"),
+        ("missing", "missing t1ce file", "t1ce"),
+        ("missing", "missing segmentation file", "seg"),
+        ("emptydir", "empty case folder", ""),
+        ("emptyfile", "empty file (0 bytes)", "flair"),
+        ("nan", "NaN/Inf voxel", "flair"),
+        ("shape", "image shape", "t2"),
+        ("affine", "affine differs from the segmentation's", "t1"),
+        ("twod", "expected a 3-D volume", "flair"),
+        ("garbage", "cannot read NIfTI file", "flair"),
+        ("zero", "the input has no voxel > 0 (no brain)", "flair"),
+        ("outside", "tumour voxel(s) lie outside the brain bounding box", "seg"),
+    ],
+)
+def test_errors_leave_no_dst(raw_copy: Path, tmp_path: Path, leftovers, corrupt, message, which):
+    """A listed case that cannot be used fails the whole preparation, naming the case, the file and the reason,
+    and writes nothing."""
+    case_id = _first_train(raw_copy)
+    path = _corrupt(raw_copy, case_id, corrupt, which)
     dst = tmp_path / "BraTS"
     with pytest.raises(DatasetError) as err:
         prepare_brats19(raw_copy, dst, labeled=2)
     assert message in str(err.value)
-    assert str(path) in str(err.value)  # names the file
+    assert f"1 case(s) cannot be prepared ({case_id}: " in str(err.value)
+    assert str(path) in str(err.value)  # names the file (the folder for an empty one)
+    assert "--skip-incomplete" in str(err.value)
     assert leftovers(dst) == []
+
+
+def test_skip_incomplete(raw_copy: Path, tmp_path: Path, leftovers, capsys):
+    """--skip-incomplete: defective cases (a labeled one, the test one) are left out, printed and recorded; the
+    labeled cases are the first USABLE ones of train.txt; every defect is reported, not only the first."""
+    dl0 = read_datalist(prepare_brats19(raw_copy, tmp_path / "ref", labeled=2))
+    bad_train, bad_test = dl0["training"][0]["id"], dl0["test"][0]["id"]
+    _corrupt(raw_copy, bad_train, "missing", "t2")
+    _corrupt(raw_copy, bad_test, "affine", "flair")
+    with pytest.raises(DatasetError) as err:
+        prepare_brats19(raw_copy, tmp_path / "strict", labeled=2)
+    assert "2 case(s) cannot be prepared" in str(err.value)
+    assert bad_train in str(err.value) and bad_test in str(err.value)
+    assert leftovers(tmp_path / "strict") == []
+    capsys.readouterr()
+    dst = tmp_path / "skip"
+    dl = read_datalist(prepare_brats19(raw_copy, dst, labeled=2, skip_incomplete=True))
+    skipped = dl["dycon"]["skipped"]
+    assert sorted(skipped) == sorted([bad_train, bad_test])
+    assert "missing t2 file" in skipped[bad_train] and "affine differs" in skipped[bad_test]
+    train0 = _ids_of(dl0, "training") + _ids_of(dl0, "unlabeled")
+    assert _ids_of(dl, "training") == train0[1:3] and _ids_of(dl, "unlabeled") == train0[3:]
+    assert dl["test"] == [] and _ids_of(dl, "validation") == _ids_of(dl0, "validation")
+    assert bad_train not in _all_ids(dl) and bad_test not in dl["dycon"]["cases"]
+    assert not (dst / f"images/{bad_train}.nii.gz").exists() and not (dst / f"labels/{bad_test}.nii.gz").exists()
+    assert dl["dycon"]["arguments"]["skip_incomplete"] is True
+    err_text = capsys.readouterr().err
+    assert f"skipped {bad_train}: " in err_text and f"skipped {bad_test}: " in err_text
+    assert "skipped 2: " in err_text
+
+
+def test_cli_skip_incomplete(raw_copy: Path, tmp_path: Path):
+    case_id = _first_train(raw_copy)
+    _corrupt(raw_copy, case_id, "emptydir", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "custom", "prepare", "brats19", "--src", str(raw_copy), "--dst", str(tmp_path / "B"),
+         "--labeled", "2", "--skip-incomplete"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped {case_id}: " in proc.stderr and "empty case folder" in proc.stderr
+    assert case_id in read_datalist(tmp_path / "B")["dycon"]["skipped"]
 
 
 @pytest.mark.parametrize(
