@@ -20,6 +20,7 @@ from custom.data.nifti import write_nifti
 BUNDLES = ("dycon_la", "dycon_brats19", "dycon_pancreas", "dycon_isles22")
 LABEL_ONLY = ("scripts.transforms.CropAroundLabeld",)  # protocol option: needs the label, train.yaml only
 KEY_ARGS = ("keys", "allow_missing_keys")
+PER_KEY_ARGS = ("mode", "padding_mode", "align_corners", "dtype")  # one value per key, or one for all keys
 
 
 def _steps(bundle: Bundle, config: str) -> list[dict[str, Any]]:
@@ -29,7 +30,18 @@ def _steps(bundle: Bundle, config: str) -> list[dict[str, Any]]:
 
 
 def _without_keys(step: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in step.items() if k not in KEY_ARGS}
+    """The step's arguments for the image: key lists dropped, per-key values (``mode: [bilinear, nearest]`` for
+    ``keys: [image, label]``) reduced to the image's."""
+    keys = step.get("keys", "image")
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    out = {}
+    for name, value in step.items():
+        if name in KEY_ARGS:
+            continue
+        if name in PER_KEY_ARGS and isinstance(value, list) and len(value) == len(keys) and len(keys) > 1:
+            value = value[keys.index("image")]
+        out[name] = value
+    return out
 
 
 @pytest.mark.parametrize("name", BUNDLES)
