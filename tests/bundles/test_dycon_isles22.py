@@ -4,7 +4,7 @@ Synthetic raw releases (``custom.data.isles22.synth_isles22``) in BOTH layouts (
 with the same seed, so they hold the same cases (oblique LAS grids, 2-5 mm slices, 0-4 small lesions per case):
 
 * nested: ``python -m custom prepare isles22 --labeled 2`` (a format conversion: the raw DWI voxels) -> train
-  (ITERS iterations, one validation) -> evaluate (CSV with Dice / IoU / HD95 / ASD, the lesion-wise columns and the
+  (45 iterations, a validation per epoch) -> evaluate (CSV with Dice / IoU / HD95 / ASD, the lesion-wise columns and the
   protocol, the lesion-wise values recomputed from the saved prediction, JSON with units and empty-mask rules; one
   test case has no lesion) -> inference.yaml on the RAW DWI NIfTI files of the test cases (the release's own files,
   oblique LAS): the issue's acceptance test - the same masks as evaluate.yaml (agreement Dice >= 0.9 on the raw grid)
@@ -53,10 +53,12 @@ BUNDLE = Bundle("dycon_isles22")
 PATCH = "[32,32,16]"
 # Bundle.train / evaluate / infer pass the LA test patch first; a later --patch_size wins (fire keeps the last value)
 SMALL = ("--patch_size", PATCH, "--sw_overlap", "0.25")
-ITERS = 24  # one epoch, then the validation: enough for a model that finds lesions (acceptance test: a real Dice)
+EPOCHS, EPOCH_LENGTH = 3, 15  # 45 iterations, a validation per epoch: a model that finds the synthetic lesions
+ITERS = EPOCHS * EPOCH_LENGTH  # (seen: test Dice 0.75; the acceptance test needs a real, non-zero Dice)
 DUAL_ITERS = 2  # DWI + ADC: the 2-channel path only
-SEED = 11  # with 4 train / 1 val / 2 test cases: both labeled cases and the validation case have lesions, and
-# one of the two test cases has none (the empty-reference rule is exercised end to end)
+SEED = 39  # with 4 train / 1 val / 2 test cases: both labeled cases and the validation case have lesions, one of
+# the two test cases has none (the empty-reference rule is exercised end to end), the other 275 lesion voxels (the
+# acceptance test compares a real, non-zero Dice)
 FLAT = "flat-"  # prefix of the flat release's test images in the shared inference run
 LESION_COLUMNS = ("lesion_f1", "lesion_count_diff", "n_ref_lesions", "n_pred_lesions", "volume_diff_ml")
 RAW = "_ses-0001_dwi"  # raw DWI file name = <case id>_ses-0001_dwi.nii.gz
@@ -133,7 +135,7 @@ def nested(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("isles_nested")
     p = prepare(root, "nested")
     out = root / "out"
-    log = BUNDLE.train(p.dataset, out, *SMALL, max_epochs=1, epoch_length=ITERS, log=root / "train.log")
+    log = BUNDLE.train(p.dataset, out, *SMALL, max_epochs=EPOCHS, epoch_length=EPOCH_LENGTH, log=root / "train.log")
     return Trained(p.root, p.raw, p.dataset, out, log)
 
 
@@ -378,7 +380,7 @@ def test_infer_raw_dwi_agrees_with_evaluate(nested: Trained, nested_eval: str, i
         # sizes, so a voxel whose two class scores tie to float precision can flip (seen: 1 of 36864)
         assert (seg != saved).mean() <= 1e-3
     # the model found the lesion case's lesions: the comparison is not between two empty masks
-    assert max(d for _, d, _, n, _ in report.values() if n) > 0.2, report
+    assert max(d for _, d, _, n, _ in report.values() if n) > 0.5, report
     print("acceptance (agreement Dice, Dice infer vs raw label, Dice evaluate, lesion voxels, predicted):", report)
 
 
