@@ -26,7 +26,8 @@ def test_zero_background_is_nonzero_zscore():
     brain, dwi = _head(rng)
     adc = np.where(brain, 800 + rng.normal(0, 50, brain.shape), 0.0)
     adc[~brain] = 5.0  # a non-zero ADC background is ignored: the brain comes from the DWI
-    x = MetaTensor(torch.tensor(np.stack([dwi, adc]), dtype=torch.float32), affine=torch.diag(torch.tensor([2.0, 2, 3, 1])))
+    affine = torch.diag(torch.tensor([2.0, 2, 3, 1]))
+    x = MetaTensor(torch.tensor(np.stack([dwi, adc]), dtype=torch.float32), affine=affine)
     out = BrainNormalized(keys="image")({"image": x})["image"]
     assert isinstance(out, MetaTensor) and out.dtype == torch.float32 and tuple(out.shape) == (2, 30, 30, 30)
     torch.testing.assert_close(out.affine, x.affine)

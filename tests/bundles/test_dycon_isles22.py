@@ -229,7 +229,8 @@ def test_config_choices():
     label-free brain crop in the chain (no resampling), no largest-component post-processing, lesion metrics in the
     evaluation; train.yaml and inference.yaml list the same preprocessing (inference: image only, no label crop)."""
     from monai.bundle import ConfigParser
-    from monai.transforms import CastToTyped, CropForegroundd, Invertd, RandCropByPosNegLabeld, RandSpatialCropd, SaveImaged
+    from monai.transforms import (CastToTyped, CropForegroundd, Invertd, RandCropByPosNegLabeld, RandSpatialCropd,
+                                  SaveImaged)
 
     train = ConfigParser()
     train.read_config(str(BUNDLE.root / "configs" / "train.yaml"))
