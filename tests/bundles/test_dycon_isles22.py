@@ -4,7 +4,7 @@ Synthetic raw releases (``custom.data.isles22.synth_isles22``) in BOTH layouts (
 with the same seed, so they hold the same cases (oblique LAS grids, 2-5 mm slices, 0-4 small lesions per case):
 
 * nested: ``python -m custom prepare isles22 --labeled 2`` (a format conversion: the raw DWI voxels) -> train
-  (45 iterations, a validation per epoch) -> evaluate (CSV with Dice / IoU / HD95 / ASD, the lesion-wise columns and the
+  (2 iterations, one validation) -> evaluate (CSV with Dice / IoU / HD95 / ASD, the lesion-wise columns and the
   protocol, the lesion-wise values recomputed from the saved prediction, JSON with units and empty-mask rules; one
   test case has no lesion) -> inference.yaml on the RAW DWI NIfTI files of the test cases (the release's own files,
   oblique LAS): the issue's acceptance test - the same masks as evaluate.yaml (agreement Dice >= 0.9 on the raw grid)
@@ -53,12 +53,15 @@ BUNDLE = Bundle("dycon_isles22")
 PATCH = "[32,32,16]"
 # Bundle.train / evaluate / infer pass the LA test patch first; a later --patch_size wins (fire keeps the last value)
 SMALL = ("--patch_size", PATCH, "--sw_overlap", "0.25")
-EPOCHS, EPOCH_LENGTH = 3, 15  # 45 iterations, a validation per epoch: a model that finds the synthetic lesions
-ITERS = EPOCHS * EPOCH_LENGTH  # (seen: test Dice 0.75; the acceptance test needs a real, non-zero Dice)
+# one epoch of 2 iterations, then the validation. The model is barely trained: it predicts broad, noisy masks (seen:
+# ~12000 of 36864 voxels per test case), which makes the acceptance test (raw-file inference = evaluation) a sharp
+# one - any difference in the chain would change them. (A 45-iteration model, test Dice 0.75, agreed exactly too:
+# a 3x longer test, not kept.)
+EPOCHS, EPOCH_LENGTH = 1, 2
+ITERS = EPOCHS * EPOCH_LENGTH
 DUAL_ITERS = 2  # DWI + ADC: the 2-channel path only
 SEED = 39  # with 4 train / 1 val / 2 test cases: both labeled cases and the validation case have lesions, one of
-# the two test cases has none (the empty-reference rule is exercised end to end), the other 275 lesion voxels (the
-# acceptance test compares a real, non-zero Dice)
+# the two test cases has none (the empty-reference rule is exercised end to end), the other 275 lesion voxels
 FLAT = "flat-"  # prefix of the flat release's test images in the shared inference run
 LESION_COLUMNS = ("lesion_f1", "lesion_count_diff", "n_ref_lesions", "n_pred_lesions", "volume_diff_ml")
 RAW = "_ses-0001_dwi"  # raw DWI file name = <case id>_ses-0001_dwi.nii.gz
@@ -380,8 +383,8 @@ def test_infer_raw_dwi_agrees_with_evaluate(nested: Trained, nested_eval: str, i
         # inference batches 2 windows, evaluation 1: oneDNN may pick other convolution kernels for the two batch
         # sizes, so a voxel whose two class scores tie to float precision can flip (seen: 1 of 36864)
         assert (seg != saved).mean() <= 1e-3
-    # the model found the lesion case's lesions: the comparison is not between two empty masks
-    assert max(d for _, d, _, n, _ in report.values() if n) > 0.5, report
+    # the comparison is not between empty masks
+    assert all(n_pred > 0 for *_, n_pred in report.values()), report
     print("acceptance (agreement Dice, Dice infer vs raw label, Dice evaluate, lesion voxels, predicted):", report)
 
 
