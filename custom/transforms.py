@@ -36,9 +36,11 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from .data.datalist import DatasetError
 from .flags import as_bool
 
 __all__ = [
+    "BrainNormalized",
     "ClipNonzeroPercentiled",
     "CropAroundLabeld",
     "Spacingd",
@@ -246,4 +248,86 @@ class ClipNonzeroPercentiled(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.clip(d[key])
+        return d
+
+
+# ---- isles22
+
+
+class BrainNormalized(MapTransform):
+    """Brain-masked z-score of stroke MRI (ISLES 2022 DWI, optionally + ADC), the normalisation DyCON's ISLES model
+    was trained with.
+
+    The brain is found on the FIRST channel (the DWI) of ``(C, X, Y, Z)`` images: ``DWI > 0`` when at least
+    ``zero_share`` of its voxels are exactly 0 (a masked, zero background), else ``DWI >`` Otsu's threshold of the
+    DWI histogram (``bins`` bins from the minimum to the 99.9th percentile: a noisy, non-zero background). Every
+    channel is then z-scored with the mean and standard deviation over those brain voxels (float64 statistics) and
+    set to 0 outside the brain, so a following ``CropForegroundd(select_fn=x != 0)`` crops to the brain without the
+    label. Not spatial: ``Invertd`` passes over it. On a zero background this equals MONAI's
+    ``NormalizeIntensityd(nonzero=True, channel_wise=True)`` for the DWI channel.
+
+    Args:
+        keys: image keys (``(C, X, Y, Z)`` tensors or arrays, C >= 1).
+        zero_share: share of exactly-zero DWI voxels from which the background counts as masked.
+        bins: histogram bins of the Otsu threshold.
+        allow_missing_keys: skip missing keys.
+
+    Raises:
+        DatasetError: (one error line from the bundles) when the brain has fewer than 2 voxels or a channel is constant over it.
+    """
+
+    def __init__(
+        self, keys: Sequence[str], zero_share: float = 0.05, bins: int = 256, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.zero_share = float(zero_share)
+        self.bins = int(bins)
+
+    @staticmethod
+    def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+        """Otsu's threshold of the 1-D ``values`` (histogram of ``bins`` bins from the minimum to the 99.9th
+        percentile; values above it count in the last bin)."""
+        v = values.detach().to(torch.float64).flatten().cpu()
+        lo = float(v.min())
+        hi = float(torch.quantile(v, 0.999)) if v.numel() <= 1 << 24 else float(v.kthvalue(int(0.999 * v.numel())))
+        if not hi > lo:
+            return lo
+        hist = torch.histc(v.clamp(lo, hi), bins=bins, min=lo, max=hi)
+        edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+        centers = (edges[:-1] + edges[1:]) / 2
+        w0 = torch.cumsum(hist, 0)
+        w1 = w0[-1] - w0
+        m0 = torch.cumsum(hist * centers, 0)
+        mu0 = m0 / w0.clamp(min=1)
+        mu1 = (m0[-1] - m0) / w1.clamp(min=1)
+        between = w0 * w1 * (mu0 - mu1) ** 2
+        k = int(torch.argmax(between[:-1]))
+        return float(edges[k + 1])
+
+    def brain(self, dwi: torch.Tensor) -> torch.Tensor:
+        """Boolean brain mask ``(X, Y, Z)`` of a DWI volume ``(X, Y, Z)`` (the rule above)."""
+        d = dwi.detach().to(torch.float64)
+        if int(torch.count_nonzero(d == 0)) >= self.zero_share * d.numel():
+            return d > 0
+        return d > self.otsu_threshold(d, self.bins)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            x = torch.as_tensor(img)
+            brain = self.brain(x[0])
+            n = int(brain.sum())
+            if n < 2:
+                raise DatasetError(f"BrainNormalized: the brain mask of '{key}' has {n} voxel(s), cannot normalise")
+            out = torch.zeros_like(x, dtype=torch.float32)
+            for c in range(x.shape[0]):
+                vals = x[c][brain].to(torch.float64)
+                mean, std = vals.mean(), vals.std(unbiased=False)
+                if not (torch.isfinite(std) and std > 0):
+                    raise DatasetError(f"BrainNormalized: channel {c} of '{key}' is constant over the brain")
+                out[c][brain] = ((vals - mean) / std).to(torch.float32)
+            if isinstance(img, monai.data.MetaTensor):
+                out = monai.data.MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
+            d[key] = out
         return d

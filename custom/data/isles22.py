@@ -30,13 +30,12 @@ Per case:
 
 * label = the derivatives mask (uint16 0/1 in the release) -> uint8 {0, 1}; any other value is an error, and the
   mask must be on the DWI grid (same tolerance) or the case is an error. Empty masks are allowed (3 real cases);
-* brain = voxels with DWI > 0 when at least 5 % of the DWI voxels are exactly 0 (a masked / zero background);
-  otherwise (a noisy, non-zero background) DWI > an Otsu threshold of the DWI histogram (256 bins up to the 99.9th
-  percentile). The rule applied is recorded per case;
-* normalisation, per channel: z-score with the mean and standard deviation over the brain voxels; voxels outside
-  the brain are set to 0. No clipping, no cropping, no resampling;
-* geometry: the original DWI affine is kept as is (oblique, typically LAS, anisotropic): no reorientation or
-  resampling here; the bundle's ``Orientationd`` / ``Spacingd`` and ``Invertd`` take care of it.
+* image = the DWI (and ADC) voxels as they are, stored as float32, on the DWI grid with the DWI affine (oblique,
+  typically LAS, anisotropic): NO intensity or geometry change here. Orientation, the label-free brain crop and the
+  brain-masked z-score (:class:`custom.transforms.BrainNormalized`) are steps of the bundle's transform chain
+  (``preprocessing_transforms`` in train.yaml and inference.yaml), so the bundle takes a raw DWI NIfTI as well;
+* integrity: a DWI / ADC that is constant (e.g. all zero), has NaN/Inf voxels, is not 3-D or cannot be read is an
+  error of its case.
 
 Output (``dst``)::
 
@@ -44,12 +43,19 @@ Output (``dst``)::
     labels/<id>.nii.gz   uint8 {0, 1}, the same affine; written for every case, referenced only by the
                          training / validation / test entries (unlabeled entries have no label key)
     datalist.json        "dycon" metadata: fold, channels, per-case lesion count / volume (computed with
-                         26-connectivity, plus the split file's own figures), missing cases, rules above
+                         26-connectivity, plus the split file's own figures), missing and skipped cases, rules above
 
 Split: DyCON's ``splits_fold{K}.json`` (package data ``custom/data/splits/ISLES2022``; ``splits=`` overrides with
 a folder holding ``splits_fold{K}.json`` or a json file): ``train`` (200) -> labeled (the FIRST ``labeled`` ids,
-default 20 = 10 %; 10 / 40 = 5 / 20 %) + unlabeled, ``val`` (25) -> validation, ``test`` (25) -> test. Ids of the
-fold that are absent from the source (or lack a DWI / ADC / mask file) are skipped and reported.
+default 20 = 10 %; 10 / 40 = 5 / 20 %) + unlabeled, ``val`` (25) -> validation, ``test`` (25) -> test.
+
+Absent versus incomplete: ids of the fold that the release does not hold AT ALL (neither a case folder nor a
+derivatives folder: a subset of the release, e.g. a partial download or the synthetic stand-in) are left out and
+reported (stderr, ``dycon.missing``). A case the release holds but cannot be used - an empty case folder, a missing
+DWI / ADC (when asked) / mask file, a case with a mask folder but no image folder, several files of one kind, an
+unreadable or empty file, a non-3-D or constant volume, NaN/Inf voxels, DWI / ADC / mask grids that disagree, mask
+values outside {0, 1} - is an error naming every such case (nothing is written), unless ``skip_incomplete=True``
+(``--skip-incomplete``): then those cases are left out, listed in the printed summary and in ``dycon.skipped``.
 """
 
 from __future__ import annotations
@@ -73,6 +79,7 @@ from .datalist import (
     Split,
     atomic_dataset,
     build_datalist,
+    check_complete,
     check_destination,
     check_outside,
     check_split_arguments,
@@ -89,10 +96,8 @@ __all__ = [
     "RELEASE_FOLDER",
     "SPLITS_DIR",
     "CaseFiles",
-    "brain_mask",
     "find_case_files",
     "load_case",
-    "normalize_channel",
     "prepare_isles22",
     "read_fold",
     "split_file",
@@ -111,8 +116,6 @@ CHANNEL_OPTIONS = {"dwi": ("dwi",), "dwi+adc": ("dwi", "adc")}
 #: Grid tolerance between DWI / ADC / mask: linear part of the affine, and origin (mm).
 AFFINE_ATOL_LINEAR = 1e-3
 AFFINE_ATOL_ORIGIN = 1e-2
-#: Share of exactly-zero DWI voxels from which the background counts as masked (brain = DWI > 0).
-ZERO_BACKGROUND_SHARE = 0.05
 FLAIR_NOTE = (
     "FLAIR is not used: it is acquired on another grid (e.g. 512x512x29 at 0.45x0.45x5 mm) and is not co-registered "
     "to DWI/ADC in the release; using it would need a registration step, which is out of scope"
@@ -308,9 +311,18 @@ def find_case_files(release: _Release, case_id: str) -> CaseFiles:
     return CaseFiles(case_id=case_id, dwi=dwi, adc=adc, flair=flair, mask=mask, layout=layout)
 
 
+def _in_release(release: _Release, case_id: str) -> bool:
+    """Whether the release holds ``case_id`` at all (a case folder or a derivatives folder)."""
+    return case_id.lower() in release.cases or _child_dir(release.derivatives, case_id) is not None
+
+
 def _missing_reason(files: CaseFiles, release: _Release, channels: Sequence[str]) -> str | None:
-    if files.case_id.lower() not in release.cases:
-        return "no case folder"
+    """Why a case the release holds cannot be used from its file list alone (None: all files found)."""
+    case_dir = release.cases.get(files.case_id.lower())
+    if case_dir is None:
+        return f"no case folder in {release.case_root} (only a mask folder in derivatives/)"
+    if not any(p.is_file() for p in case_dir.rglob("*")):
+        return f"empty case folder {case_dir}"
     if files.dwi is None:
         return "no DWI file"
     if "adc" in channels and files.adc is None:
@@ -353,64 +365,25 @@ def _grid_text(shape: tuple[int, ...], affine: np.ndarray) -> str:
     return f"shape {tuple(int(s) for s in shape)}, affine {np.round(affine[:3], 4).tolist()}"
 
 
-def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of ``values`` (histogram of ``bins`` bins from the minimum to the 99.9th percentile)."""
-    lo, hi = float(values.min()), float(np.percentile(values, 99.9))
-    if not hi > lo:
-        return lo
-    hist, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
-    hist = hist.astype(np.float64)
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centers)
-    mu0 = m0 / np.maximum(w0, 1)
-    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mu0 - mu1) ** 2
-    k = int(np.argmax(between[:-1]))
-    return float(edges[k + 1])
-
-
-def brain_mask(dwi: np.ndarray) -> tuple[np.ndarray, str]:
-    """Brain (foreground) mask of a DWI volume and the rule used (module docstring):
-
-    ``DWI > 0`` when >= 5 % of the voxels are exactly 0 (masked background), else ``DWI > Otsu threshold``.
-    """
-    dwi = np.asarray(dwi, dtype=np.float64)
-    if np.count_nonzero(dwi == 0) >= ZERO_BACKGROUND_SHARE * dwi.size:
-        return dwi > 0, "dwi > 0 (zero background)"
-    t = _otsu_threshold(dwi.ravel())
-    return dwi > t, f"dwi > {t:.6g} (Otsu; non-zero background)"
-
-
-def normalize_channel(x: np.ndarray, brain: np.ndarray, what: str = "image") -> np.ndarray:
-    """z-score of ``x`` with the mean / standard deviation over ``brain`` (float64 statistics), 0 outside the brain;
-    float32."""
-    vals = np.asarray(x, dtype=np.float64)[brain]
-    if vals.size < 2:
-        raise DatasetError(f"{what}: brain mask has {vals.size} voxel(s), cannot normalise")
-    mean, std = float(vals.mean()), float(vals.std())
-    if not (math.isfinite(std) and std > 0):
-        raise DatasetError(f"{what}: constant intensity over the brain, cannot normalise")
-    out = np.zeros(np.shape(x), dtype=np.float32)
-    out[brain] = ((vals - mean) / std).astype(np.float32)
-    return out
-
-
 def _check_image(path: Path, data: np.ndarray, what: str) -> np.ndarray:
+    """``data`` as float64; DatasetError for NaN/Inf voxels or a constant volume (e.g. all zero)."""
     arr = np.asarray(data, dtype=np.float64)
     bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
     if bad:
         raise DatasetError(f"{path}: {what} has {bad} NaN/Inf voxel(s)")
+    if arr.size == 0 or float(arr.min()) == float(arr.max()):
+        value = float(arr.min()) if arr.size else "none"
+        raise DatasetError(f"{path}: {what} is constant (every voxel {value}): an empty image")
     return arr
 
 
 def load_case(files: CaseFiles, channels: Sequence[str] = ("dwi",)) -> dict[str, Any]:
-    """Read, check and normalise one case.
+    """Read and check one case; the voxels are NOT changed (no normalisation, cropping or resampling).
 
-    Returns ``{"image": float32 (X, Y, Z) or (X, Y, Z, C), "label": uint8 {0, 1}, "affine": the DWI affine,
-    "header": the DWI header, "info": per-case metadata}``. DatasetError (naming the file) for unreadable files,
-    a non-3-D volume, NaN/Inf voxels, an ADC or mask off the DWI grid, or mask values outside {0, 1}.
+    Returns ``{"image": float32 (X, Y, Z) or (X, Y, Z, C) with the raw DWI (, ADC) values, "label": uint8 {0, 1},
+    "affine": the DWI affine, "header": the DWI header, "info": per-case metadata}``. DatasetError (naming the
+    file) for unreadable or empty files, a non-3-D or constant volume, NaN/Inf voxels, an ADC or mask off the DWI
+    grid, or mask values outside {0, 1}.
     """
     if files.dwi is None or files.mask is None or ("adc" in channels and files.adc is None):
         raise DatasetError(f"case {files.case_id}: missing DWI, ADC or mask file")
@@ -437,8 +410,7 @@ def load_case(files: CaseFiles, channels: Sequence[str] = ("dwi",)) -> dict[str,
         raise DatasetError(f"{files.mask}: mask values {bad[:10]} outside {{0, 1}} (expected a binary 0/1 mask)")
     label = (mask_raw == 1).astype(np.uint8)
 
-    brain, rule = brain_mask(dwi)
-    chans = [normalize_channel(arrays[c], brain, what=f"{files.dwi if c == 'dwi' else files.adc}") for c in channels]
+    chans = [arrays[c].astype(np.float32) for c in channels]
     image = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
 
     import nibabel as nib
@@ -456,8 +428,6 @@ def load_case(files: CaseFiles, channels: Sequence[str] = ("dwi",)) -> dict[str,
         "lesion_count": count_lesions(label),
         "lesion_voxels": lesion_voxels,
         "lesion_volume_ml": round(lesion_voxels * voxel_ml, 6),
-        "brain_mask": rule,
-        "brain_fraction": round(float(brain.mean()), 6),
         "flair": _flair_status(files, dwi.shape, affine),
     }
     return {"image": image, "label": label, "affine": affine, "header": header, "info": info}
@@ -484,13 +454,6 @@ def _shown(ids: Sequence[str], n: int = 5) -> str:
     return ", ".join(ids[:n]) + (", ..." if len(ids) > n else "")
 
 
-def _by_reason(ids: Sequence[str], reasons: dict[str, str]) -> str:
-    groups: dict[str, list[str]] = {}
-    for i in ids:
-        groups.setdefault(reasons[i], []).append(i)
-    return "; ".join(f"{reason}: {_shown(group)}" for reason, group in groups.items())
-
-
 def prepare_isles22(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -502,6 +465,7 @@ def prepare_isles22(
     channels: str = "dwi",
     splits: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    skip_incomplete: bool = False,
 ) -> Path:
     """Prepare fold ``fold`` of ISLES 2022 from the BIDS release ``src`` into ``dst``; return the datalist path.
 
@@ -519,10 +483,14 @@ def prepare_isles22(
         splits: folder with ``splits_fold{K}.json`` files, or one json file (default: the package's DyCON splits).
         overwrite: replace a dataset previously written here with other arguments (a rerun with the same arguments
             returns at once). A ``dst`` that is not a dataset written by us is never touched.
+        skip_incomplete: leave out the cases that cannot be used (listed in the summary and ``dycon.skipped``)
+            instead of failing.
 
-    Ids of the fold absent from ``src`` (no folder, or no DWI / ADC / mask file) are skipped and reported on stderr
-    and in ``dycon.missing`` / ``dycon.missing_reasons``. Errors (DatasetError) for a grid mismatch, mask values
-    outside {0, 1}, unreadable files, NaN voxels; nothing is written then.
+    Ids of the fold the release does not hold at all are left out and reported on stderr and in
+    ``dycon.missing`` / ``dycon.missing_reasons`` (a subset of the release). A case it holds but that cannot be
+    used (module docstring: missing or empty files, grids that disagree, a non-binary mask ...) is a DatasetError
+    naming every such case, and nothing is written, unless ``skip_incomplete``. Images are written with their raw
+    values (float32): all preprocessing is in the bundle's chain.
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
@@ -534,29 +502,28 @@ def prepare_isles22(
     check_outside(src_p, dst_p)
 
     present: dict[str, CaseFiles] = {}
+    problems: dict[str, str] = {}
     reasons: dict[str, str] = {}
     missing: dict[str, list[str]] = {}
     for key, split_key in (("training", "train"), ("validation", "val"), ("test", "test")):
         missing[key] = []
         for case_id in fold_data[split_key]:
-            files = find_case_files(release, case_id)
+            if not _in_release(release, case_id):  # a subset of the release: reported, not an error
+                missing[key].append(case_id)
+                reasons[case_id] = "not in the release"
+                continue
+            try:
+                files = find_case_files(release, case_id)
+            except DatasetError as err:
+                problems[case_id] = str(err)
+                continue
             reason = _missing_reason(files, release, chans)
             if reason is None:
                 present[case_id] = files
             else:
-                missing[key].append(case_id)
-                reasons[case_id] = reason
+                problems[case_id] = reason
     listed = {i.lower() for k in ("train", "val", "test") for i in fold_data[k]}
     unlisted = sorted(release.cases[i].name for i in release.cases if i not in listed)
-    train_ids = [i for i in fold_data["train"] if i in present]
-    val_ids = [i for i in fold_data["val"] if i in present]
-    test_ids = [i for i in fold_data["test"] if i in present]
-
-    lab = select_labeled(
-        train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, default=DEFAULT_LABELED
-    )
-    lab_set = set(lab)
-    split = Split(labeled=lab, unlabeled=[i for i in train_ids if i not in lab_set], validation=val_ids)
 
     arguments = {
         "src": str(src_p),
@@ -567,96 +534,114 @@ def prepare_isles22(
         "seed": seed,
         "channels": "+".join(chans),
         "splits": None if splits is None else str(fold_path),
+        "skip_incomplete": bool(skip_incomplete),
     }
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
         return dst_p / DATALIST_NAME
 
-    for key, split_key in (("training", "train"), ("validation", "val"), ("test", "test")):
-        if missing[key]:
-            _info(
-                f"{len(missing[key])} of {len(fold_data[split_key])} fold-{fold} '{split_key}' ids are not usable "
-                f"in {release.root} and were skipped ({_by_reason(missing[key], reasons)})"
-            )
-    if unlisted:
-        _info(
-            f"{len(unlisted)} case(s) in {release.case_root} are in no list of fold {fold} and were ignored: "
-            f"{_shown(unlisted)}"
-        )
-    for key, ids in (("validation", val_ids), ("test", test_ids)):
-        if not ids:
-            warnings.warn(
-                f"no {key} case of fold {fold} is present in {src_p}: datalist '{key}' is empty", stacklevel=2
-            )
-
-    layouts = sorted({present[i].layout for i in present})
-    metadata: dict[str, Any] = {
-        "dataset": "ISLES2022",
-        "fold": fold,
-        "channels": list(chans),
-        "in_channels": len(chans),
-        "channel_layout": (
-            "3-D image, one channel"
-            if len(chans) == 1
-            else f"4-D image (X, Y, Z, {len(chans)}), last axis = channels in the order {list(chans)}"
-        ),
-        "flair": FLAIR_NOTE,
-        "brain_mask": (
-            f"DWI > 0 when >= {ZERO_BACKGROUND_SHARE:.0%} of the DWI voxels are exactly 0 (masked "
-            "background), else DWI > Otsu threshold (256-bin histogram up to the 99.9th percentile); "
-            "the same DWI brain mask is used for every channel"
-        ),
-        "normalisation": "per channel z-score with mean/std over the brain voxels (float64), 0 outside the brain, "
-        "float32; no clipping, cropping or resampling",
-        "geometry": "original DWI affine kept (oblique, typically LAS, anisotropic); reorientation/resampling are "
-        "left to the bundle (Orientationd/Spacingd, inverted with Invertd)",
-        "label": "derivatives mask (uint16 0/1) -> uint8 {0, 1}, on the DWI grid",
-        "lesions": "lesion_count = connected components with 26-connectivity (as the ISLES'22 evaluation), "
-        "lesion_volume_ml = voxels x voxel volume; 'split_file' = the fold file's own figures",
-        "source": {
-            "path": str(src_p),
-            "release_root": str(release.root),
-            "case_root": str(release.case_root),
-            "derivatives": str(release.derivatives),
-            "layouts": layouts,
-            "split_file": str(fold_path),
-            "split_file_is_default": splits is None,
-        },
-        "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the fold's train list")
-        + (f"; default N = {DEFAULT_LABELED} (10% of 200)" if labeled is None and fraction is None else ""),
-        "missing": missing,
-        "missing_reasons": {i: reasons[i] for i in sorted(reasons)},
-        "unlisted": unlisted,
-        "arguments": arguments,
-    }
     image_rel = lambda i: f"images/{i}.nii.gz"  # noqa: E731
     label_rel = lambda i: f"labels/{i}.nii.gz"  # noqa: E731
-    datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata)
-
-    roles = {
-        **dict.fromkeys(split.labeled, "training"),
-        **dict.fromkeys(split.unlabeled, "unlabeled"),
-        **dict.fromkeys(val_ids, "validation"),
-        **dict.fromkeys(test_ids, "test"),
-    }
     cases_meta: dict[str, Any] = {}
     with atomic_dataset(dst_p) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
-        for case_id, role in roles.items():
-            case = load_case(present[case_id], chans)
+        for case_id in list(present):  # read, check and write every case; a bad case is a problem, not a stop
+            try:
+                case = load_case(present[case_id], chans)
+            except DatasetError as err:
+                problems[case_id] = str(err)
+                del present[case_id]
+                continue
             write_nifti(case["image"], tmp / image_rel(case_id), case["affine"], np.float32, *_codes(case["header"]))
             write_nifti(case["label"], tmp / label_rel(case_id), case["affine"], np.uint8, *_codes(case["header"]))
-            info = {"split": role, **case["info"]}
+            info = dict(case["info"])
             if case_id in fold_data["metrics"]:
                 info["split_file"] = fold_data["metrics"][case_id]
             cases_meta[case_id] = info
-        datalist["dycon"]["cases"] = cases_meta
+        # every unusable case named at once; nothing is written (atomic_dataset removes tmp) unless skip_incomplete
+        skipped = check_complete(problems, skip_incomplete, what=f"ISLES 2022 release {release.root}")
+
+        train_ids = [i for i in fold_data["train"] if i in present]
+        val_ids = [i for i in fold_data["val"] if i in present]
+        test_ids = [i for i in fold_data["test"] if i in present]
+        lab = select_labeled(
+            train_ids, labeled=labeled, fraction=fraction, random=random, seed=seed, default=DEFAULT_LABELED
+        )
+        lab_set = set(lab)
+        split = Split(labeled=lab, unlabeled=[i for i in train_ids if i not in lab_set], validation=val_ids)
+
+        for key, split_key in (("training", "train"), ("validation", "val"), ("test", "test")):
+            if missing[key]:
+                _info(
+                    f"{len(missing[key])} of {len(fold_data[split_key])} fold-{fold} '{split_key}' ids are not in "
+                    f"{release.root} (a subset of the release) and were left out: {_shown(missing[key])}"
+                )
+        if skipped:
+            _info(
+                f"skipped {len(skipped)} incomplete case(s) (--skip-incomplete): "
+                + "; ".join(f"{i}: {r}" for i, r in skipped.items())
+            )
+        if unlisted:
+            _info(
+                f"{len(unlisted)} case(s) in {release.case_root} are in no list of fold {fold} and were ignored: "
+                f"{_shown(unlisted)}"
+            )
+        for key, ids in (("validation", val_ids), ("test", test_ids)):
+            if not ids:
+                warnings.warn(
+                    f"no {key} case of fold {fold} is present in {src_p}: datalist '{key}' is empty", stacklevel=2
+                )
+
+        layouts = sorted({present[i].layout for i in present})
+        metadata: dict[str, Any] = {
+            "dataset": "ISLES2022",
+            "fold": fold,
+            "channels": list(chans),
+            "in_channels": len(chans),
+            "channel_layout": (
+                "3-D image, one channel"
+                if len(chans) == 1
+                else f"4-D image (X, Y, Z, {len(chans)}), last axis = channels in the order {list(chans)}"
+            ),
+            "flair": FLAIR_NOTE,
+            "image": "raw DWI (, ADC) voxel values as float32 on the DWI grid: no intensity or geometry change; the "
+            "bundle's chain reorients, crops to the brain (image != 0 after the brain z-score, label-free) and "
+            "normalises (scripts.transforms.BrainNormalized)",
+            "geometry": "original DWI affine kept (oblique, typically LAS, anisotropic)",
+            "label": "derivatives mask (uint16 0/1) -> uint8 {0, 1}, on the DWI grid",
+            "lesions": "lesion_count = connected components with 26-connectivity (as the ISLES'22 evaluation), "
+            "lesion_volume_ml = voxels x voxel volume; 'split_file' = the fold file's own figures",
+            "source": {
+                "path": str(src_p),
+                "release_root": str(release.root),
+                "case_root": str(release.case_root),
+                "derivatives": str(release.derivatives),
+                "layouts": layouts,
+                "split_file": str(fold_path),
+                "split_file_is_default": splits is None,
+            },
+            "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the fold's train list")
+            + (f"; default N = {DEFAULT_LABELED} (10% of 200)" if labeled is None and fraction is None else ""),
+            "missing": missing,
+            "missing_reasons": {i: reasons[i] for i in sorted(reasons)},
+            "unlisted": unlisted,
+            "arguments": arguments,
+        }
+        datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata, skipped=skipped)
+        roles = {
+            **dict.fromkeys(split.labeled, "training"),
+            **dict.fromkeys(split.unlabeled, "unlabeled"),
+            **dict.fromkeys(val_ids, "validation"),
+            **dict.fromkeys(test_ids, "test"),
+        }
+        datalist["dycon"]["cases"] = {i: {"split": roles[i], **cases_meta[i]} for i in roles}
         write_datalist(datalist, tmp / DATALIST_NAME)
     c = datalist["dycon"]["counts"]
     _info(
         f"wrote {dst_p} (fold {fold}, channels {'+'.join(chans)}): {c['training']} labeled, {c['unlabeled']} "
         f"unlabeled, {c['validation']} validation, {c['test']} test"
+        + (f"; {len(skipped)} incomplete case(s) skipped" if skipped else "")
     )
     return dst_p / DATALIST_NAME
 

@@ -20,7 +20,6 @@ from custom.data.isles22 import (
     DEFAULT_LABELED,
     FLAIR_NOTE,
     SPLITS_DIR,
-    brain_mask,
     prepare_isles22,
     read_fold,
     split_file,
@@ -174,9 +173,9 @@ def test_prepare_dwi_contents(nested: Path, tmp_path: Path, capsys):
     assert meta["counts"] == {"training": 2, "unlabeled": 2, "validation": 1, "test": 1}
     assert meta["labeled_ids"] == TRAIN[:2]
     assert len(meta["missing"]["training"]) == 196 and len(meta["missing"]["validation"]) == 24
-    assert set(meta["missing_reasons"].values()) == {"no case folder"}
+    assert set(meta["missing_reasons"].values()) == {"not in the release"} and meta["skipped"] == {}
     assert meta["source"]["layouts"] == ["nested"]
-    assert "196 of 200 fold-0 'train' ids are not usable" in capsys.readouterr().err
+    assert "196 of 200 fold-0 'train' ids are not in" in capsys.readouterr().err
     for key in KEYS:
         for e in dl[key]:
             files = _files(nested, e["id"])
@@ -191,13 +190,8 @@ def test_prepare_dwi_contents(nested: Path, tmp_path: Path, capsys):
             np.testing.assert_allclose(lab.affine, src_img.affine, atol=1e-6)
             assert nib.aff2axcodes(img.affine) == ("L", "A", "S")
             np.testing.assert_array_equal(label, mask.astype(np.uint8))
-            # z-score over the brain (DWI > 0: the synthetic background is 0), 0 outside
-            brain = dwi > 0
-            assert np.all(image[~brain] == 0)
-            assert abs(float(image[brain].astype(np.float64).mean())) < 1e-5
-            assert float(image[brain].astype(np.float64).std()) == pytest.approx(1.0, abs=1e-5)
-            ref = (dwi[brain] - dwi[brain].mean()) / dwi[brain].std()
-            np.testing.assert_allclose(image[brain], ref, rtol=1e-5, atol=1e-5)
+            # the raw DWI voxels, unchanged (float32): normalisation is the bundle's BrainNormalized
+            np.testing.assert_array_equal(image, dwi.astype(np.float32))
             info = meta["cases"][e["id"]]
             n = ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]
             assert info["lesion_count"] == n and info["lesion_voxels"] == int(mask.sum())
@@ -205,7 +199,7 @@ def test_prepare_dwi_contents(nested: Path, tmp_path: Path, capsys):
             assert info["lesion_volume_ml"] == pytest.approx(mask.sum() * vox_ml, rel=1e-5)
             assert info["split_file"] == FOLD0["metrics"][e["id"]]
             assert info["split"] == key and info["layout"] == "nested" and info["orientation"] == "LAS"
-            assert info["brain_mask"].startswith("dwi > 0")
+            assert "brain_mask" not in info
             assert "other grid" in info["flair"] and info["flair"].endswith("not used")
 
 
@@ -234,11 +228,8 @@ def test_prepare_dwi_adc_channels(flat: Path, tmp_path: Path):
         img, image = _nii(dst / e["image"])
         assert image.shape == (*SHAPE, 2) and image.dtype == np.float32
         np.testing.assert_allclose(img.affine, src_img.affine, atol=1e-6)
-        brain = dwi > 0
-        for c, raw in enumerate((dwi, adc)):  # channel order dwi, adc; both over the DWI brain
-            ref = (raw[brain] - raw[brain].mean()) / raw[brain].std()
-            np.testing.assert_allclose(image[..., c][brain], ref, rtol=1e-5, atol=1e-5)
-            assert np.all(image[..., c][~brain] == 0)
+        for c, raw in enumerate((dwi, adc)):  # channel order dwi, adc; raw values
+            np.testing.assert_array_equal(image[..., c], raw.astype(np.float32))
     # MONAI reads the 4-D NIfTI channel-last: (2, X, Y, Z) after ensure_channel_first
     from monai.transforms import LoadImaged
 
@@ -333,27 +324,123 @@ def test_src_variants(nested: Path, tmp_path: Path):
         prepare_isles22(tmp_path / "nope", tmp_path / "d", labeled=1)
 
 
-def test_missing_cases_reported_and_skipped(nested_copy: Path, tmp_path: Path, capsys):
+def test_absent_cases_are_a_subset(nested_copy: Path, tmp_path: Path, capsys):
+    """A fold id the release does not hold at all (no case folder, no mask folder) is left out and reported: a subset
+    of the release (like the synthetic one), not a defect."""
     root = nested_copy / "ISLES-2022"
-    shutil.rmtree(root / TRAIN[1])  # a whole training case absent
-    (root / "derivatives" / TEST[0] / "ses-0001" / f"{TEST[0]}_ses-0001_msk.nii.gz").unlink()  # test mask absent
-    (root / TRAIN[2] / "ses-0001" / "dwi" / f"{TRAIN[2]}_ses-0001_adc.nii.gz").unlink()  # ADC absent
-    with pytest.warns(UserWarning, match="'test' is empty"):
-        dl = read_datalist(prepare_isles22(nested_copy, tmp_path / "a", labeled=2))
+    shutil.rmtree(root / TRAIN[1])
+    shutil.rmtree(root / "derivatives" / TRAIN[1])
+    dl = read_datalist(prepare_isles22(nested_copy, tmp_path / "a", labeled=2))
     assert _ids(dl, "training") == [TRAIN[0], TRAIN[2]] and _ids(dl, "unlabeled") == [TRAIN[3]]
-    assert dl["test"] == []
     meta = dl["dycon"]
-    assert TRAIN[1] in meta["missing"]["training"] and TEST[0] in meta["missing"]["test"]
-    assert meta["missing_reasons"][TRAIN[1]] == "no case folder"
-    assert meta["missing_reasons"][TEST[0]] == "no mask file in derivatives/"
-    err = capsys.readouterr().err
-    assert "197 of 200 fold-0 'train' ids are not usable" in err and "25 of 25 fold-0 'test' ids" in err
-    assert "no mask file in derivatives/: " + TEST[0] in err
-    # with ADC as a channel, the case without ADC is missing too
-    with pytest.warns(UserWarning, match="'test' is empty"):
-        dl = read_datalist(prepare_isles22(nested_copy, tmp_path / "b", labeled=1, channels="dwi+adc"))
-    assert _ids(dl, "training") == [TRAIN[0]] and _ids(dl, "unlabeled") == [TRAIN[3]]
-    assert dl["dycon"]["missing_reasons"][TRAIN[2]] == "no ADC file"
+    assert TRAIN[1] in meta["missing"]["training"] and meta["missing_reasons"][TRAIN[1]] == "not in the release"
+    assert meta["skipped"] == {}
+    assert "197 of 200 fold-0 'train' ids are not in" in capsys.readouterr().err
+
+
+def _defect(root: Path, case_id: str, defect: str) -> None:
+    """Make ``case_id`` of the release ``root`` (either layout) incomplete or inconsistent."""
+    files = _files(root, case_id)
+    case_dir = root / "ISLES-2022" / case_id
+    if defect == "no_mask":
+        files["msk"].unlink()
+    elif defect == "no_dwi":
+        files["dwi"].unlink()
+    elif defect == "no_adc":
+        files["adc"].unlink()
+    elif defect == "empty_case_folder":
+        shutil.rmtree(case_dir)
+        case_dir.mkdir()
+    elif defect == "mask_only":
+        shutil.rmtree(case_dir)
+    elif defect == "empty_dwi_file":
+        files["dwi"].write_bytes(b"")
+    elif defect == "empty_mask_file":
+        files["msk"].write_bytes(b"")
+    elif defect == "zero_dwi":
+        _replace_nifti(files["dwi"], data=np.zeros_like)
+    elif defect == "two_dwi":
+        shutil.copy(files["dwi"], files["dwi"].with_name(files["dwi"].name[: -len(".nii.gz")] + ".nii"))
+    elif defect == "mask_grid":
+        _replace_nifti(files["msk"], affine=_shift_origin)
+    elif defect == "adc_grid":
+        _replace_nifti(files["adc"], data=lambda a: a[:, :, :-1])
+    elif defect == "mask_values":
+        _replace_nifti(files["msk"], data=lambda a: _set(a, 3))
+    else:
+        raise AssertionError(defect)
+
+
+DEFECTS = [  # (defect, channels, reason in the error)
+    ("no_mask", "dwi", "no mask file in derivatives/"),
+    ("no_dwi", "dwi", "no DWI file"),
+    ("no_adc", "dwi+adc", "no ADC file"),
+    ("empty_case_folder", "dwi", "empty case folder"),
+    ("mask_only", "dwi", "no case folder"),
+    ("empty_dwi_file", "dwi", "cannot read DWI NIfTI file"),
+    ("empty_mask_file", "dwi", "cannot read mask NIfTI file"),
+    ("zero_dwi", "dwi", "DWI is constant (every voxel 0.0)"),
+    ("two_dwi", "dwi", "several dwi files"),
+    ("mask_grid", "dwi", "mask is not on the DWI grid"),
+    ("adc_grid", "dwi+adc", "DWI and ADC must share a grid"),
+    ("mask_values", "dwi", "mask values [3] outside {0, 1}"),
+]
+
+
+# the flat layout changes only where the images are found: it repeats the defects of the case folder's files
+FLAT_DEFECTS = ("no_mask", "no_dwi", "no_adc", "empty_case_folder", "empty_dwi_file", "zero_dwi", "two_dwi")
+CASES = [("nested", *d) for d in DEFECTS] + [("flat", *d) for d in DEFECTS if d[0] in FLAT_DEFECTS]
+
+
+@pytest.mark.parametrize(("layout", "defect", "channels", "reason"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_incomplete_case_fails_or_is_skipped(
+    layout, defect, channels, reason, nested: Path, flat: Path, tmp_path: Path, leftovers, capsys
+):
+    """Each defect of one listed case: an error naming the case (nothing written), or with skip_incomplete=True the
+    case is left out, printed in the summary and recorded in dycon.skipped."""
+    src = Path(shutil.copytree({"nested": nested, "flat": flat}[layout], tmp_path / "src"))
+    bad = TRAIN[1] if defect != "no_mask" else TEST[0]  # a test case too: test ids are checked the same way
+    _defect(src, bad, defect)
+    dst = tmp_path / "out"
+    with pytest.raises(DatasetError) as err:
+        prepare_isles22(src, dst, labeled=1, channels=channels)
+    msg = str(err.value)
+    assert f"{bad}: " in msg and reason in msg and "1 case(s) cannot be prepared" in msg
+    assert "nothing was written" in msg and "--skip-incomplete" in msg
+    assert leftovers(dst) == []
+    capsys.readouterr()
+
+    if bad == TEST[0]:
+        with pytest.warns(UserWarning, match="'test' is empty"):
+            dl = read_datalist(prepare_isles22(src, dst, labeled=1, channels=channels, skip_incomplete=True))
+    else:
+        dl = read_datalist(prepare_isles22(src, dst, labeled=1, channels=channels, skip_incomplete=True))
+    assert bad not in {i for k in KEYS for i in _ids(dl, k)}
+    assert len({i for k in KEYS for i in _ids(dl, k)}) == len(ALL) - 1
+    assert list(dl["dycon"]["skipped"]) == [bad] and reason in dl["dycon"]["skipped"][bad]
+    assert bad not in dl["dycon"]["cases"] and not (dst / "images" / f"{bad}.nii.gz").exists()
+    err_text = capsys.readouterr().err
+    assert "skipped 1 incomplete case(s) (--skip-incomplete)" in err_text and bad in err_text
+    assert dl["dycon"]["arguments"]["skip_incomplete"] is True
+
+
+def test_adc_missing_is_fine_for_dwi_only(nested_copy: Path, tmp_path: Path):
+    _defect(nested_copy, TRAIN[2], "no_adc")
+    dl = read_datalist(prepare_isles22(nested_copy, tmp_path / "a", labeled=2))
+    assert _ids(dl, "unlabeled") == TRAIN[2:] and dl["dycon"]["skipped"] == {}
+
+
+def test_cli_skip_incomplete(nested_copy: Path, tmp_path: Path):
+    _defect(nested_copy, TRAIN[1], "no_mask")
+    base = [sys.executable, "-m", "custom", "prepare", "isles22", "--src", str(nested_copy), "--labeled", "1"]
+    proc = subprocess.run(base + ["--dst", str(tmp_path / "a")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0 and f"{TRAIN[1]}: no mask file" in proc.stderr and not (tmp_path / "a").exists()
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run(base + ["--dst", str(tmp_path / "b"), "--skip-incomplete"], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert read_datalist(tmp_path / "b")["dycon"]["skipped"] == {TRAIN[1]: "no mask file in derivatives/"}
+    assert "skipped 1 incomplete case(s)" in proc.stderr
 
 
 def _replace_nifti(path: Path, data=None, affine=None, dtype=None) -> None:
@@ -459,24 +546,6 @@ def test_idempotent_rerun_and_overwrite(nested: Path, tmp_path: Path, tree_check
     prepare_isles22(nested, dst, labeled=2, channels="dwi+adc", overwrite=True)
     assert read_datalist(dst)["dycon"]["channels"] == ["dwi", "adc"]
     assert leftovers(dst) == ["out"]
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def test_brain_mask_rules():
-    rng = np.random.default_rng(0)
-    grid = np.meshgrid(*[np.linspace(-1, 1, 30)] * 3, indexing="ij")
-    brain = sum(g**2 for g in grid) < 0.6
-    masked = np.where(brain, 400 + rng.normal(0, 20, brain.shape), 0.0)
-    mask, rule = brain_mask(masked)
-    np.testing.assert_array_equal(mask, brain)
-    assert rule == "dwi > 0 (zero background)"
-    # noisy, non-zero background (Rician-like): Otsu separates it from the tissue
-    noisy = np.abs(masked + rng.normal(0, 15, brain.shape)) + 1e-3
-    mask, rule = brain_mask(noisy)
-    assert "Otsu" in rule
-    assert np.mean(mask == brain) > 0.99
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
