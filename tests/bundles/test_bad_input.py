@@ -156,3 +156,56 @@ def test_full_traceback_on_request(tiny: Path, tmp_path: Path):
                           timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" in out and "FileNotFoundError" in out
+
+
+def _flat(path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.ones((16, 16), np.float32), np.eye(4)), str(path))
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _two_channels(path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 12, 2), np.float32), np.eye(4)), str(path))
+
+
+def _nan_study(path: Path) -> None:
+    a = np.ones((16, 16, 12), np.float32)
+    a[3, 4, 5] = np.nan
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(path))
+
+
+INFERENCE_CASES = {
+    # name: (bundle, writer of the bad raw study, pattern of the one error line)
+    "2d_image": ("dycon_la", _flat, r"study\.nii\.gz: image must be 3-D .* got shape \(16, 16\)"),
+    "empty_file": ("dycon_brats19", _empty, r"study\.nii\.gz: unreadable or corrupt image file"),
+    "wrong_modality_count": (
+        "dycon_isles22",
+        _two_channels,
+        r"study\.nii\.gz: input has 2 channel\(s\) but the bundle expects in_channels=1",
+    ),
+    "nan_voxel": ("dycon_pancreas", _nan_study, r"study\.nii\.gz: image has non-finite voxels"),
+}
+
+
+@pytest.mark.parametrize("case", list(INFERENCE_CASES))
+def test_inference_bad_raw_study_fails_cleanly(tmp_path: Path, case: str):
+    """inference.yaml checks its raw inputs first (scripts.data.check_inputs): one line naming the file, nothing
+    written."""
+    name, write, pattern = INFERENCE_CASES[case]
+    bundle = Bundle(name)
+    study = tmp_path / "study.nii.gz"
+    write(study)
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle.inference_yaml,
+        "--input_path", str(study), "--output_dir", str(out), "--ckpt_path", str(tmp_path / "no_model.pt"),
+        "--num_workers", "0",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=bundle.root, env=ENV, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    last = _error_line(text)
+    assert re.search(pattern, last), f"{case}: {last!r} does not match {pattern!r}"
+    assert not out.exists()
