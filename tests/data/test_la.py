@@ -448,6 +448,23 @@ def test_raw_skip_incomplete_lists_skipped_cases(raw_copy: Path, tmp_path: Path,
     assert not (tmp_path / "LA" / "images" / f"{train[0]}.nii.gz").exists()
 
 
+def test_cli_skip_incomplete(raw_copy: Path, tmp_path: Path, leftovers):
+    """``dycon prepare la``: a defective case is one error line naming it (exit 2, nothing written);
+    ``--skip-incomplete`` prepares the rest and prints the skipped case."""
+    case_id = _case_ids(raw_copy, "train.list")[3]
+    _defect(raw_copy / case_id, "label_directions")
+    cmd = [sys.executable, "-m", "custom", "prepare", "la", "--src", str(raw_copy), "--dst", str(tmp_path / "LA"),
+           "--labeled", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and leftovers(tmp_path / "LA") == []
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dycon: error: ") and case_id in lines[0], proc.stderr
+    proc = subprocess.run(cmd + ["--skip-incomplete"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped (--skip-incomplete) {case_id}: " in proc.stderr
+    assert list(read_datalist(tmp_path / "LA")["dycon"]["skipped"]) == [case_id]
+
+
 def test_h5_empty_case_folder(h5_copy: Path, tmp_path: Path, leftovers):
     case_id = _first_train(h5_copy)
     (h5_copy / H5_FOLDER / case_id / "mri_norm2.h5").unlink()
