@@ -1,23 +1,32 @@
-"""Left Atrium (2018 Atrial Segmentation Challenge, LGE-MRI): preparation and synthetic stand-ins.
+"""Left Atrium (2018 Atrial Segmentation Challenge, LGE-MRI): preparation (format conversion and split) and
+synthetic stand-ins.
 
-``prepare_la`` turns either release into NIfTI files plus a ``datalist.json`` (see :mod:`custom.data.datalist`):
+``prepare_la`` CONVERTS either release into NIfTI files plus a ``datalist.json`` (see :mod:`custom.data.datalist`)
+and splits it; it never crops or changes intensities (every preprocessing step the model depends on is in the
+bundle's transform chain, the same for training, evaluation, inference and MONAI Label):
 
+* the raw challenge release ``<id>/lgemri.nrrd`` + ``<id>/laendo.nrrd`` (label 255 = atrium): arrays written
+  unchanged (values, dtype, index order), label 255 -> 1; the affine is the header's (directions and origin, LPS ->
+  RAS exactly as MONAI's ``NrrdReader`` reads the raw file: :func:`nrrd_affine`), with the voxel size set to the
+  challenge's 0.625 mm (the headers read 1 mm), so the prepared NIfTI and the raw nrrd reach the network as the same
+  array;
 * the preprocessed h5 release of the semi-supervised literature (UA-MT lineage):
   ``2018LA_Seg_Training Set/<id>/mri_norm2.h5`` (``image`` float32 z-scored, ``label`` uint8 {0, 1}, arrays
-  (x, y, z)), with ``train.list`` (80 ids) / ``test.list`` (20 ids) next to the folder. Arrays are copied
-  unchanged (values identical), only converted to NIfTI;
-* the raw challenge release ``<id>/lgemri.nrrd`` + ``<id>/laendo.nrrd`` (label 255 = atrium), preprocessed
-  exactly like UA-MT's ``code/dataloaders/la_heart_processing.py`` (see :func:`preprocess_raw`).
+  (x, y, z), cropped in x/y around the label by the release's authors: :func:`ua_mt_preprocess`), with
+  ``train.list`` (80 ids) / ``test.list`` (20 ids) next to the folder. Arrays copied unchanged; the h5 stores no
+  geometry, so it gets the one the raw nrrd would give (:func:`h5_affine`: ``diag(-s, -s, s)``).
 
 Output (``dst``)::
 
-    images/<id>.nii.gz    float32, affine diag(spacing, spacing, spacing, 1), array axes (x, y, z) as in the h5
-    labels/<id>.nii.gz    uint8 {0, 1}; written for every case (unlabeled ones too, for pseudo-label evaluation),
-                          but only referenced by the training/validation/test entries of the datalist
+    images/<id>.nii.gz    the image as stored (raw: uint8; h5: float32), array axes (x, y, z) as in the nrrd / h5
+    labels/<id>.nii.gz    uint8 {0, 1}, same affine; written for every case (unlabeled ones too, for pseudo-label
+                          evaluation), but only referenced by the training/validation/test entries of the datalist
     datalist.json
 
-Spacing: 0.625 mm isotropic, the challenge's value. Neither the h5 (no spacing stored) nor the raw nrrd headers
-(surveys read (1, 1, 1)) are trusted for it; ``spacing=`` overrides it, and the metadata says so.
+A listed case that cannot be converted (empty case folder, missing or unreadable image or label, a label whose
+header geometry disagrees with its image, empty label, ...) fails the preparation naming every such case, and
+nothing is written, unless ``skip_incomplete=True`` (``--skip-incomplete``): then they are left out and listed in
+the summary and in the datalist (``dycon.skipped``).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import string
 import sys
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,7 @@ from .datalist import (
     DatasetError,
     atomic_dataset,
     build_datalist,
+    check_complete,
     check_destination,
     check_outside,
     check_split_arguments,
@@ -57,10 +67,12 @@ __all__ = [
     "H5_FOLDER",
     "UA_MT_OUTPUT_SIZE",
     "crop_seed",
+    "h5_affine",
     "load_h5_case",
     "load_raw_case",
+    "nrrd_affine",
     "prepare_la",
-    "preprocess_raw",
+    "ua_mt_preprocess",
     "synth_la",
     "synth_la_h5",
 ]
@@ -79,7 +91,8 @@ LABEL_NRRD = "laendo.nrrd"
 #: Share of the sorted ids used as test set when a release comes without train.list / test.list.
 FALLBACK_TEST_SHARE = 0.2
 
-_UA_MT_REF = "yulequan/UA-MT code/dataloaders/la_heart_processing.py"
+NRRD_LPS = "left-posterior-superior"
+NRRD_RAS = "right-anterior-superior"
 
 
 def _info(msg: str) -> None:
@@ -111,32 +124,109 @@ def load_h5_case(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as err:  # h5py raises OSError, KeyError, ... on corrupt files
         raise DatasetError(f"{path}: cannot read h5 file ({type(err).__name__}: {err})") from err
-    return _validate(path, image, label, allowed=(0, 1))
+    image, label = _validate(path, image, label, allowed=(0, 1))
+    return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
+
+
+def _read_nrrd(path: Path, what: str) -> tuple[np.ndarray, dict[str, Any]]:
+    import nrrd
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing {what} nrrd file")
+    try:
+        data, header = nrrd.read(str(path))
+    except Exception as err:  # nrrd.NRRDError, OSError, ValueError, zlib.error ...
+        raise DatasetError(f"{path}: cannot read nrrd file ({type(err).__name__}: {err})") from err
+    return np.asarray(data), dict(header)
+
+
+def _nrrd_geometry(path: Path, header: Mapping[str, Any], ndim: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """(space, space directions (rows = index axes), space origin) of a 3-D nrrd header, checked."""
+    space = str(header.get("space", NRRD_LPS))
+    if space not in (NRRD_LPS, NRRD_RAS):
+        raise DatasetError(f"{path}: nrrd space {space!r} is not supported (only {NRRD_LPS!r} or {NRRD_RAS!r})")
+    if "space directions" not in header or "space origin" not in header:
+        raise DatasetError(f"{path}: nrrd header has no 'space directions' / 'space origin' (no geometry)")
+    try:
+        directions = np.asarray(header["space directions"], dtype=np.float64)
+        origin = np.asarray(header["space origin"], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DatasetError(f"{path}: unreadable nrrd geometry ({err})") from err
+    if directions.shape != (ndim, 3) or origin.shape != (3,) or not np.isfinite(directions).all():
+        raise DatasetError(f"{path}: nrrd geometry is not 3-D (space directions {directions.tolist()})")
+    if not np.isfinite(origin).all() or abs(np.linalg.det(directions)) < 1e-12:
+        raise DatasetError(f"{path}: degenerate nrrd geometry (space directions {directions.tolist()})")
+    return space, directions, origin
+
+
+def nrrd_affine(header: Mapping[str, Any], spacing: float | Sequence[float] | None = None) -> np.ndarray:
+    """The RAS affine (4 x 4) of a 3-D nrrd header, as MONAI's ``NrrdReader`` makes it, but with the voxel size
+    ``spacing`` (mm per index axis) instead of the header's (None: the header's).
+
+    MONAI's rule: ``affine[:3, :3] = space_directions.T`` (row i of ``space directions`` is index axis i in world
+    coordinates), ``affine[:3, 3] = space_origin``, then LPS -> RAS (rows x and y negated) when ``space`` is
+    left-posterior-superior or absent. The header's directions are kept (normalised); only their lengths become
+    ``spacing`` (the challenge headers read 1 mm where the voxels are 0.625 mm: :data:`CHALLENGE_SPACING`).
+    """
+    space, directions, origin = _nrrd_geometry(Path("<header>"), header, 3)
+    if spacing is not None:
+        directions = (
+            directions / np.linalg.norm(directions, axis=1, keepdims=True) * np.asarray(_spacing3(spacing))[:, None]
+        )
+    affine = np.eye(4)
+    affine[:3, :3] = directions.T
+    affine[:3, 3] = origin
+    if space == NRRD_LPS:
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    return affine
+
+
+def h5_affine(spacing: float | Sequence[float] = CHALLENGE_SPACING) -> np.ndarray:
+    """The RAS affine given to the h5 release's arrays (which store no geometry): ``diag(-s, -s, s, 1)``, origin 0.
+
+    The h5 arrays are the challenge nrrd arrays in index order (UA-MT's ``nrrd.read``, cropped in x and y), whose
+    headers say LPS with axis-aligned directions: :func:`nrrd_affine` of such a header (origin 0). So an h5 case and
+    the same raw case reach the network (after the chain's ``Orientationd(RAS)``) as the same array.
+    """
+    sx, sy, sz = _spacing3(spacing)
+    return np.diag([-sx, -sy, sz, 1.0])
 
 
 def load_raw_case(
     image_path: str | os.PathLike[str], label_path: str | os.PathLike[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read and validate one raw case: returns ``(image, label)`` as stored (label {0, 255}), index order (x, y, z).
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read and check one raw case: returns ``(image as stored, label uint8 {0, 1}, image header)``, arrays in
+    index order (x, y, z) as ``nrrd.read`` gives them (and MONAI's ``NrrdReader``).
 
-    DatasetError (naming the file) if a file is missing or unreadable, not 3-D, shapes differ, label values are
-    outside {0, 255}, the label is empty (the UA-MT crop needs it), or the image has NaN/Inf voxels.
+    DatasetError (naming the file) if a file is missing or unreadable, not 3-D, the label's header geometry
+    (sizes, space, space directions, space origin) disagrees with the image's, the header has no usable geometry,
+    label values are outside {0, 255} (the challenge's atrium value; {0, 1} is accepted too), the label is empty,
+    the image is constant, or it has NaN/Inf voxels.
     """
-    import nrrd
-
-    arrays = []
-    for p in (Path(image_path), Path(label_path)):
-        if not p.is_file():
-            raise DatasetError(f"{p}: missing nrrd file")
-        try:
-            data, _header = nrrd.read(str(p))
-        except Exception as err:  # nrrd.NRRDError, OSError, ValueError, zlib.error ...
-            raise DatasetError(f"{p}: cannot read nrrd file ({type(err).__name__}: {err})") from err
-        arrays.append(np.asarray(data))
-    image, label = _validate(Path(label_path), arrays[0], arrays[1], allowed=(0, 255), image_path=Path(image_path))
+    image_path, label_path = Path(image_path), Path(label_path)
+    image, ih = _read_nrrd(image_path, "image")
+    label, lh = _read_nrrd(label_path, "label")
+    if image.ndim != 3:
+        raise DatasetError(f"{image_path}: expected a 3-D image, got shape {image.shape}")
+    if label.ndim != 3:
+        raise DatasetError(f"{label_path}: expected a 3-D label, got shape {label.shape}")
+    ispace, idir, iorig = _nrrd_geometry(image_path, ih, 3)
+    lspace, ldir, lorig = _nrrd_geometry(label_path, lh, 3)
+    if image.shape != label.shape:
+        raise DatasetError(f"{label_path}: label shape {label.shape} != image shape {image.shape}")
+    if ispace != lspace or not np.allclose(idir, ldir, atol=1e-4) or not np.allclose(iorig, lorig, atol=1e-3):
+        raise DatasetError(
+            f"{label_path}: label geometry disagrees with its image (space {lspace!r} vs {ispace!r}, space "
+            f"directions {ldir.tolist()} vs {idir.tolist()}, space origin {lorig.tolist()} vs {iorig.tolist()})"
+        )
+    values = np.unique(label).tolist()
+    allowed = (0, 1) if set(values) <= {0, 1} else (0, 255)
+    image, label = _validate(label_path, image, label, allowed=allowed, image_path=image_path)
     if not label.any():
-        raise DatasetError(f"{label_path}: label is empty; the UA-MT crop needs the atrium to crop around it")
-    return image, label
+        raise DatasetError(f"{label_path}: label is empty (every challenge case has an atrium)")
+    if float(np.min(image)) == float(np.max(image)):
+        raise DatasetError(f"{image_path}: image is constant")
+    return image, (label > 0).astype(np.uint8), ih
 
 
 def _validate(
@@ -156,12 +246,10 @@ def _validate(
     bad = [v for v in values.tolist() if v not in allowed]
     if bad:
         raise DatasetError(f"{path}: label values {bad[:10]} outside {set(allowed)}")
-    if allowed == (0, 1):
-        return image.astype(np.float32, copy=False), label.astype(np.uint8, copy=False)
     return image, label
 
 
-# ------------------------------------------------------------------------------------------ preprocessing
+# ------------------------------------------------------------------------------- the h5 release's preprocessing
 
 
 def crop_seed(case_id: str) -> int:
@@ -169,22 +257,19 @@ def crop_seed(case_id: str) -> int:
     return zlib.crc32(case_id.encode("utf-8"))
 
 
-def preprocess_raw(image: np.ndarray, label: np.ndarray, case_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """UA-MT's preprocessing of a raw case (``code/dataloaders/la_heart_processing.py``), step by step:
+def ua_mt_preprocess(image: np.ndarray, label: np.ndarray, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """How the AUTHORS of the h5 release made it from a raw case (UA-MT's ``code/dataloaders/
+    la_heart_processing.py``); used by :func:`synth_la_h5` to fake that release. ``prepare_la`` never applies it
+    (preparation only converts; the bundle's ``label_crop`` option is the chain's version of the crop). Steps:
 
     1. ``label = (label == 255)`` as uint8;
     2. bounding box of the label (inclusive min/max per axis);
     3. ``px = max(112 - (maxx - minx), 0) // 2`` (same for y with 112; ``pz`` with 80 is computed there but unused);
     4. ``minx = max(minx - randint(10, 20) - px, 0)``, ``maxx = min(maxx + randint(10, 20) + px, w)``, then the same
-       for y, then two draws ``randint(5, 10)`` for z that UA-MT makes but never uses (kept here so the x/y draws
-       are the same as with its call order); the margins are drawn from a per-case seeded
-       ``np.random.RandomState(crop_seed(case_id))`` instead of UA-MT's unseeded global RNG, so reruns agree;
+       for y, then two draws ``randint(5, 10)`` for z that UA-MT makes but never uses; the margins are drawn from a
+       per-case seeded ``np.random.RandomState(crop_seed(case_id))`` instead of UA-MT's unseeded global RNG;
     5. z-score over the WHOLE (uncropped) volume in float64, cast to float32;
-    6. ``image[minx:maxx, miny:maxy]`` (note the exclusive upper bound on the inclusive label max, as in UA-MT);
-       z is kept whole.
-
-    Known weakness of this convention (kept for comparability with the literature): the crop is placed with the
-    label, so test volumes are cropped with knowledge of the ground truth.
+    6. ``image[minx:maxx, miny:maxy]`` (exclusive upper bound on the inclusive label max, as in UA-MT); z whole.
     """
     label = (label == 255).astype(np.uint8)
     w, h, _d = label.shape
@@ -218,7 +303,7 @@ class _Source:
     layout: str  # "h5" | "raw"
     case_root: Path
     cases: dict[str, Path]  # id -> case folder
-    files: dict[str, dict[str, Path]] = field(default_factory=dict)  # id -> {"h5"|"image"|"label": path}
+    files: dict[str, dict[str, Path | None]] = field(default_factory=dict)  # id -> {"h5"|"image"|"label": path}
     train_list: Path | None = None
     test_list: Path | None = None
 
@@ -235,20 +320,23 @@ def _child_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _scan(root: Path) -> dict[str, dict[str, dict[str, Path]]]:
-    """Case folders under ``root`` by layout: {"h5": {id: {...}}, "raw": {id: {...}}}."""
-    found: dict[str, dict[str, dict[str, Path]]] = {"h5": {}, "raw": {}}
+def _scan(root: Path) -> dict[str, dict[str, dict[str, Path | None]]]:
+    """Case folders under ``root`` by layout: {"h5": {id: {"h5": path}}, "raw": {id: {"image", "label"}},
+    "other": {id: {}}} (``other``: folders with neither file, e.g. empty case folders)."""
+    found: dict[str, dict[str, dict[str, Path | None]]] = {"h5": {}, "raw": {}, "other": {}}
     try:
-        children = sorted(p for p in root.iterdir() if p.is_dir())
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError:
         return found
     for case in children:
         h5 = _child_file(case, H5_NAME)
+        img = _child_file(case, IMAGE_NRRD)
         if h5 is not None:
             found["h5"][case.name] = {"h5": h5}
-        img = _child_file(case, IMAGE_NRRD)
-        if img is not None:
-            found["raw"][case.name] = {"image": img, "label": _child_file(case, LABEL_NRRD) or case / LABEL_NRRD}
+        if img is not None or _child_file(case, LABEL_NRRD) is not None:
+            found["raw"][case.name] = {"image": img, "label": _child_file(case, LABEL_NRRD)}
+        if h5 is None and img is None:
+            found["other"][case.name] = {}
     return found
 
 
@@ -263,12 +351,15 @@ def _find_source(src: Path, layout: str) -> _Source:
         # Prefer the literature's h5 when a folder holds both (UA-MT writes mri_norm2.h5 next to the nrrd files).
         kinds = ["h5", "raw"] if layout == "auto" else [layout]
         for kind in kinds:
-            if found[kind]:
-                files = found[kind]
+            if any(f.get("h5") or f.get("image") for f in found[kind].values()):
+                files = dict(found[kind])
+                # every other case folder of this root is a case whose files are missing (reported if listed)
+                for name in sorted(set(found["h5"]) | set(found["raw"]) | set(found["other"])):
+                    files.setdefault(name, {})
                 return _Source(
                     layout=kind,
                     case_root=root,
-                    cases={i: f[next(iter(f))].parent for i, f in files.items()},
+                    cases={i: root / i for i in files},
                     files=files,
                     train_list=_find_list(src, root, "train.list"),
                     test_list=_find_list(src, root, "test.list"),
@@ -344,8 +435,10 @@ def prepare_la(
     spacing: float | Sequence[float] = CHALLENGE_SPACING,
     overwrite: bool = False,
     layout: str = "auto",
+    skip_incomplete: bool = False,
 ) -> Path:
-    """Prepare the LA dataset from ``src`` (h5 release or raw challenge release) into ``dst``; return the datalist.
+    """Convert the LA dataset from ``src`` (h5 release or raw challenge release) into ``dst`` (NIfTI + datalist) and
+    split it; return the datalist. Images are converted unchanged (no crop, no intensity change).
 
     Args:
         src: the h5 release root (holding ``2018LA_Seg_Training Set/`` and ``train.list``/``test.list``), that
@@ -356,40 +449,37 @@ def prepare_la(
             when neither ``labeled`` nor ``fraction`` is given). Never clipped: asking more than exist is an error.
         fraction: share of the (present, non-validation) training cases to label instead of ``labeled``.
         random: draw labeled (and validation) cases with ``seed`` instead of taking the first (last) ones.
-        seed: seed of the random draws (the crop margins of raw data use a fixed per-case seed instead).
+        seed: seed of the random draws.
         val: number of validation cases carved from the END of the training list (removed from labeled and
             unlabeled).
-        spacing: voxel size in mm written to the affine and header (the challenge's 0.625 mm by default).
+        spacing: voxel size in mm written to the affines (the challenge's 0.625 mm by default; the raw headers'
+            1 mm is not trusted, their directions and origin are kept).
         overwrite: replace a dataset previously written here with other arguments (a rerun with the SAME
-            arguments returns at once, the existing dataset being identical to what it would write; with
-            ``overwrite=True`` it is rebuilt). A ``dst`` that is not a dataset written by us is never touched.
+            arguments returns at once; with ``overwrite=True`` it is rebuilt). A ``dst`` that is not a dataset
+            written by us is never touched.
         layout: ``"auto"`` (h5 if present, else raw), ``"h5"`` or ``"raw"``.
+        skip_incomplete: leave out listed cases that cannot be converted (missing, unreadable or inconsistent
+            files: see :func:`load_raw_case`, :func:`load_h5_case`), listing them in the summary and in the
+            datalist (``dycon.skipped``), instead of failing (naming every such case) without writing anything.
 
-    Training ids of the lists that are absent from ``src`` are skipped and reported (stderr and
-    ``dycon.missing``); so are absent test ids. An empty test set is kept as ``"test": []`` with a warning.
-    Without lists (raw data), the documented fallback is: sorted ids, the last 20 % as test.
+    Training ids of the lists that are absent from ``src`` altogether (no case folder: e.g. the 24-case subset of
+    the h5 release) are skipped and reported (stderr and ``dycon.missing``); so are absent test ids. An empty test
+    set is kept as ``"test": []`` with a warning. Without lists, the documented fallback is: sorted ids, the last
+    20 % as test.
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
     sp = _spacing3(spacing)
     check_split_arguments(labeled, fraction, random, overwrite)
+    check_complete({}, skip_incomplete)  # the flag's type, before anything is read
     source = _find_source(src_p, layout)
     check_outside(src_p, dst_p)
 
     train_all, test_all, rule = _official_split(source)
     found, missing, unlisted = present_in_lists({"training": train_all, "test": test_all}, source.cases)
-    train_ids, test_ids = found["training"], found["test"]
     missing_train, missing_test = missing["training"], missing["test"]
-
-    split = split_training(
-        train_ids,
-        labeled=labeled,
-        fraction=fraction,
-        random=random,
-        seed=seed,
-        val=val,
-        default_labeled=DEFAULT_LABELED,
-    )
+    split_args = {"labeled": labeled, "fraction": fraction, "random": random, "seed": seed, "val": val}
+    split_training(found["training"], **split_args, default_labeled=DEFAULT_LABELED)  # argument errors first
 
     arguments = {
         "src": str(src_p),
@@ -400,6 +490,7 @@ def prepare_la(
         "val": val,
         "spacing": list(sp),
         "layout": layout,
+        "skip_incomplete": skip_incomplete,
     }
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
@@ -411,21 +502,107 @@ def prepare_la(
             _info(f"{len(ids)} of {len(total)} {what} ids are not in {source.case_root} and were skipped: {shown}")
     if unlisted:
         _info(f"{len(unlisted)} case(s) in {source.case_root} are in no list and were ignored: {', '.join(unlisted)}")
-    if not test_ids:
-        warnings.warn(f"no test case of the split is present in {src_p}: datalist 'test' is empty", stacklevel=2)
 
+    image_rel = lambda i: f"images/{i}.nii.gz"  # noqa: E731
+    label_rel = lambda i: f"labels/{i}.nii.gz"  # noqa: E731
+    with atomic_dataset(dst_p) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        problems: dict[str, str] = {}
+        header_spacings: set[tuple[float, ...]] = set()
+        for case_id in found["training"] + found["test"]:
+            try:
+                image, label, affine, header_sp = _convert_case(source, case_id, sp)
+            except DatasetError as err:
+                problems[case_id] = str(err)
+                continue
+            if header_sp is not None:
+                header_spacings.add(header_sp)
+            write_nifti(image, tmp / image_rel(case_id), affine, image.dtype.type)
+            write_nifti(label, tmp / label_rel(case_id), affine, np.uint8)
+        skipped = check_complete(problems, skip_incomplete, what=f"LA {source.layout} release {source.case_root}")
+        train_ids = [i for i in found["training"] if i not in skipped]
+        test_ids = [i for i in found["test"] if i not in skipped]
+        split = split_training(train_ids, **split_args, default_labeled=DEFAULT_LABELED)
+        if not test_ids:
+            warnings.warn(f"no test case of the split is present in {src_p}: datalist 'test' is empty", stacklevel=2)
+        metadata = _metadata(source, src_p, rule, sp, sorted(header_spacings), seed, random, labeled, fraction, val)
+        metadata.update({"missing": {"training": missing_train, "test": missing_test}, "unlisted": unlisted})
+        metadata["arguments"] = arguments
+        datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata, skipped=skipped)
+        write_datalist(datalist, tmp / DATALIST_NAME)
+    c = datalist["dycon"]["counts"]
+    _info(
+        f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
+        f"{c['test']} test"
+    )
+    for case_id, reason in skipped.items():
+        _info(f"skipped (--skip-incomplete) {case_id}: {reason}")
+    return dst_p / DATALIST_NAME
+
+
+def _convert_case(
+    source: _Source, case_id: str, spacing: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, ...] | None]:
+    """(image, label {0, 1}, RAS affine, the header's voxel size or None) of one case; DatasetError if defective."""
+    files = source.files.get(case_id, {})
+    folder = source.case_root / case_id
     if source.layout == "h5":
-        preprocessing = (
-            "h5 release (UA-MT lineage: z-score of the whole volume, then x/y crop around the label with a "
-            "random 10-20 voxel margin, z kept whole); arrays copied unchanged"
+        if files.get("h5") is None:
+            raise DatasetError(f"{folder}: case folder without {H5_NAME}")
+        image, label = load_h5_case(files["h5"])  # type: ignore[arg-type]
+        return image, label, h5_affine(spacing), None
+    if files.get("image") is None and files.get("label") is None:
+        raise DatasetError(f"{folder}: empty case folder (no {IMAGE_NRRD}, no {LABEL_NRRD})")
+    image, label, header = load_raw_case(
+        files.get("image") or folder / IMAGE_NRRD, files.get("label") or folder / LABEL_NRRD
+    )
+    _space, directions, _origin = _nrrd_geometry(folder / IMAGE_NRRD, header, 3)
+    header_sp = tuple(round(float(v), 6) for v in np.linalg.norm(directions, axis=1))
+    return image, label, nrrd_affine(header, spacing), header_sp
+
+
+def _metadata(
+    source: _Source,
+    src_p: Path,
+    rule: str,
+    sp: tuple[float, float, float],
+    header_spacings: list[tuple[float, ...]],
+    seed: int,
+    random: bool,
+    labeled: int | None,
+    fraction: float | None,
+    val: int,
+) -> dict[str, Any]:
+    if source.layout == "h5":
+        conversion = (
+            "h5 release (made by its authors as UA-MT's la_heart_processing.py: z-score of the whole volume, then x/y "
+            "crop around the label with a random 10-20 voxel margin, z kept whole); arrays copied unchanged"
+        )
+        geometry = (
+            "the h5 stores no geometry: affine diag(-s, -s, s) (origin 0), what the raw challenge nrrd's LPS header "
+            "with axis-aligned directions gives after LPS -> RAS (the h5 arrays are the nrrd arrays in index order)"
+        )
+        crop = (
+            "yes, by the release's authors: every h5 volume (test cases included) is cropped in x/y around its "
+            "ground-truth label; the bundle's label-free default applied to it still sees these label-cropped volumes"
         )
     else:
-        preprocessing = (
-            f"raw nrrd preprocessed as {_UA_MT_REF}: label 255 -> 1, z-score of the whole volume (float64 -> "
-            "float32), x/y crop around the label widened to >= 112 voxels with margins randint(10, 20) from "
-            "np.random.RandomState(crc32(id)), z kept whole"
+        conversion = (
+            "none: the nrrd arrays are written unchanged (values, dtype, index order); label 255 -> 1. No crop, no "
+            "intensity change (the bundle's chain does orientation and normalisation; label_crop is a chain option)"
         )
-    metadata: dict[str, Any] = {
+        geometry = (
+            "affine from each nrrd header as MONAI's NrrdReader reads it (space directions transposed, space origin, "
+            "LPS -> RAS: x and y negated), with the directions' lengths set to the spacing below"
+        )
+        crop = "no"
+    note = (
+        f"{CHALLENGE_SPACING} mm isotropic is the challenge's value; the h5 files store no spacing and the raw "
+        "nrrd headers are not trusted (they read 1 mm)"
+        + ("" if sp == (CHALLENGE_SPACING,) * 3 else f"; overridden by the user to {list(sp)} mm")
+    )
+    return {
         "dataset": "LA",
         "source": {
             "layout": source.layout,
@@ -436,47 +613,18 @@ def prepare_la(
             "split_rule": rule,
         },
         "spacing": list(sp),
-        "spacing_note": (
-            f"{CHALLENGE_SPACING} mm isotropic is the challenge's value; the h5 files store no spacing and the raw "
-            "nrrd headers are not trusted (they read 1 mm)"
-            + ("" if sp == (CHALLENGE_SPACING,) * 3 else f"; overridden by the user to {list(sp)} mm")
-        ),
-        "axes": "array axes (x, y, z) as in the h5 / nrrd index order; affine diag(spacing, 1)",
-        "preprocessing": preprocessing,
-        "crop_uses_label": "yes: the x/y crop is placed around the ground truth, test cases included (known "
-        "weakness of the literature's convention)",
+        "spacing_note": note,
+        "header_spacings": [list(h) for h in header_spacings],
+        "geometry": geometry,
+        "axes": "array axes as in the h5 / nrrd index order (x, y, z)",
+        "preprocessing": conversion,
+        "crop_uses_label": crop,
         "labeled_rule": (f"seeded random draw (seed {seed})" if random else "first N of the training list")
         + (f"; default N = {DEFAULT_LABELED} (10% of 80)" if labeled is None and fraction is None else ""),
         "validation_rule": (
             "" if not val else (f"seeded random draw (seed {seed})" if random else "last N of the training list")
         ),
-        "missing": {"training": missing_train, "test": missing_test},
-        "unlisted": unlisted,
-        "arguments": arguments,
     }
-    image_rel = lambda i: f"images/{i}.nii.gz"  # noqa: E731
-    label_rel = lambda i: f"labels/{i}.nii.gz"  # noqa: E731
-    datalist = build_datalist(split, test_ids, image_rel, label_rel, metadata)
-
-    cases = split.labeled + split.unlabeled + split.validation + test_ids
-    with atomic_dataset(dst_p) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        for case_id in cases:
-            files = source.files[case_id]
-            if source.layout == "h5":
-                image, label = load_h5_case(files["h5"])
-            else:
-                image, label = preprocess_raw(*load_raw_case(files["image"], files["label"]), case_id=case_id)
-            write_nifti(image, tmp / image_rel(case_id), np.diag([*sp, 1.0]), np.float32)
-            write_nifti(label, tmp / label_rel(case_id), np.diag([*sp, 1.0]), np.uint8)
-        write_datalist(datalist, tmp / DATALIST_NAME)
-    c = datalist["dycon"]["counts"]
-    _info(
-        f"wrote {dst_p}: {c['training']} labeled, {c['unlabeled']} unlabeled, {c['validation']} validation, "
-        f"{c['test']} test"
-    )
-    return dst_p / DATALIST_NAME
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -606,7 +754,7 @@ def synth_la_h5(
             raw_image, raw_label = _synth_case(rng, shp)
             if k >= n_train and not write_test:
                 continue
-            image, label = preprocess_raw(raw_image, raw_label, case_id)
+            image, label = ua_mt_preprocess(raw_image, raw_label, case_id)
             case = tmp / H5_FOLDER / case_id
             case.mkdir(parents=True)
             with h5py.File(case / H5_NAME, "w") as f:

@@ -3,6 +3,7 @@ real shared LA cases with a held-out list (skipped when they are absent)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -88,7 +89,7 @@ def test_tiny_protocol_with_a_held_out_list(tmp_path: Path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "la_protocol.py"), "--h5", str(rel), "--workdir",
            str(tmp_path / "work"), "--test-list", str(rel / "held_out.list"), "--labeled", "1", "--val", "1",
            "--patch", "32", "32", "16", "--features", "4", "8", "16", "32", "64", "--iterations", "2",
-           "--val-interval", "1", "--seeds", "3", "--arms", "supervised", "mean_teacher", "--windows", "bundle",
+           "--val-interval", "1", "--seeds", "3", "--arms", "dycon_paper", "dycon_paper_label_crop", "--windows", "bundle",
            "--threads", "1", "--bootstrap", "100"]
     proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -111,8 +112,16 @@ def test_tiny_protocol_with_a_held_out_list(tmp_path: Path):
             "max_epochs": 2, "epoch_length": 1, "val_interval": 1}
         train_log = (tmp_path / "work" / "arms" / run["arm"] / "seed3" / "train.log").read_text()
         assert "Epoch: 2/2, Iter: 1/1" in train_log and "Epoch: 3/" not in train_log
+    # the label-crop arm crops around the label in training and evaluation, and its outputs say so
+    crop = [r for r in report["runs"] if r["arm"] == "dycon_paper_label_crop"][0]["overrides"]
+    assert crop["label_crop"] is True and crop["label_crop_margin"] == 8  # 15 voxels of the full grid / downsample 2
+    for arm, protocol in (("dycon_paper", "label_free"), ("dycon_paper_label_crop", "label_crop")):
+        evaluation = tmp_path / "work" / "arms" / arm / "seed3" / "eval" / "test_last_bundle"
+        with open(evaluation / "metrics_per_case.csv") as f:
+            assert all(row["protocol"].startswith(protocol) for row in csv.DictReader(f))
+        postfix = "seg_labelcrop" if arm.endswith("label_crop") else "seg"
+        assert [p.name for p in (evaluation / "predictions").iterdir()] == [f"{ids[4]}_{postfix}.nii.gz"]
     (p,) = [p for p in report["paired"] if p["evaluation"] == "test_selected_bundle"]
-    assert p["a"] == "mean_teacher" and p["b"] == "supervised" and p["cases"] == 1
-    # the last model is the final student: it differs from the selected one unless the best validation was the end
+    assert p["a"] == "dycon_paper_label_crop" and p["b"] == "dycon_paper" and p["cases"] == 1
     md = (tmp_path / "work" / "results.md").read_text()
-    assert "mean_teacher - supervised" in md and "test_last_bundle" in md
+    assert "dycon_paper_label_crop - dycon_paper" in md and "test_last_bundle" in md

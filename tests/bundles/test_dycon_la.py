@@ -30,6 +30,7 @@ from bundle_utils import (
     Bundle,
     case_name,
     check_evaluation,
+    read_csv,
     check_model_pt,
     check_prediction,
     check_training_checkpoint,
@@ -100,6 +101,19 @@ def synth_pred(synth: Run) -> Path:
 
 
 @pytest.fixture(scope="module")
+def synth_raw_pred(synth: Run) -> Path:
+    """inference.yaml on the RAW test studies themselves (``<raw>/<id>/lgemri.nrrd``, their own nrrd geometry)."""
+    pred = synth.root / "pred_raw"
+    test_ids = [e["id"] for e in json.loads((synth.dataset / "datalist.json").read_text())["test"]]
+    files = [str(synth.root / "raw" / i / "lgemri.nrrd") for i in test_ids]
+    bundle_infer(
+        "[" + ",".join(f"'{f}'" for f in files) + "]", pred, synth.model,
+        "--output_data_root", synth.root / "raw", log=synth.root / "infer_raw.log",
+    )  # fmt: skip
+    return pred
+
+
+@pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """6 real cases (symlinked, 4 training + 2 test ids) -> prepare (2 labeled, 2 unlabeled, no validation)
     -> 2 training iterations, one epoch (no validation list: the final model is model.pt)."""
@@ -156,6 +170,50 @@ def test_synth_infer(synth: Run, synth_pred: Path):
         check_prediction(p, synth_pred)
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def test_raw_study_inference_matches_evaluate(synth: Run, synth_eval: str, synth_pred: Path, synth_raw_pred: Path):
+    """Done-when of issue #14: the raw challenge files (lgemri.nrrd, 1 mm LPS headers) through inference.yaml give
+    the mask that evaluate.yaml gives on the same cases of the prepared dataset (compared on the raw grid: both are
+    in the nrrd's index order), in the raw file's own geometry, as uint8; and its Dice against the raw label
+    (laendo.nrrd) is evaluate's. The masks of a 4-iteration model are coarse, so the foreground probabilities are
+    compared too: a raw study reaching the network mirrored (the 1.x defect) would give them mirrored."""
+    import nrrd
+
+    from custom.data.la import nrrd_affine
+
+    rows = {case_name(r["filename"]): r for r in read_csv(synth.out / "eval" / "metrics_per_case.csv")}
+    assert {r["protocol"] for r in rows.values()} == {"label_free"}
+    test_ids = [e["id"] for e in json.loads((synth.dataset / "datalist.json").read_text())["test"]]
+    assert len(test_ids) == 2
+    report = {}
+    for case_id in test_ids:
+        raw_image, header = nrrd.read(str(synth.root / "raw" / case_id / "lgemri.nrrd"))
+        raw_label, _ = nrrd.read(str(synth.root / "raw" / case_id / "laendo.nrrd"))
+        out = nib.load(synth_raw_pred / case_id / "lgemri_seg.nii.gz")
+        mask = np.asarray(out.dataobj)
+        assert out.get_data_dtype() == np.uint8 and mask.shape == raw_image.shape
+        np.testing.assert_allclose(out.affine, nrrd_affine(header), atol=1e-5)  # the raw file's own geometry (RAS)
+        evaluated = np.asarray(nib.load(synth.out / "eval" / "predictions" / f"{case_id}_seg.nii.gz").dataobj)
+        assert evaluated.shape == raw_image.shape
+        agreement = _dice(mask, evaluated)
+        dice_raw = _dice(mask, raw_label == 255)
+        dice_eval = float(rows[case_id]["dice"])
+        report[case_id] = (agreement, dice_raw, dice_eval)
+        assert mask.any(), "the model predicts no atrium: the comparison would be vacuous"
+        assert agreement >= 0.9, report
+        assert abs(dice_raw - dice_eval) <= 0.02, report
+        prob_raw = np.asarray(nib.load(synth_raw_pred / case_id / "lgemri_prob.nii.gz").dataobj)
+        prob_prepared = np.asarray(nib.load(synth_pred / f"{case_id}_prob.nii.gz").dataobj)
+        np.testing.assert_allclose(prob_raw, prob_prepared, atol=1e-5)
+        assert np.abs(prob_raw - prob_prepared[::-1, ::-1]).max() > 0.05  # the check would see a mirrored input
+    print("raw-study inference vs evaluate (agreement Dice, Dice vs raw label, evaluate's Dice):", report)
+
+
 def _flip_xy(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Affine of ``data[::-1, ::-1, :]`` that keeps every voxel at the same world position (LPS-like axes)."""
     f = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -189,12 +247,14 @@ def test_synth_infer_non_ras_geometry(synth: Run, synth_pred: Path):
     variants = {
         "lps": (np.ascontiguousarray(data[::-1, ::-1, :]), lps_affine),
         "permuted": (np.ascontiguousarray(data.transpose(2, 0, 1)), _permute(ref.affine, (2, 0, 1))),
-        "aniso": (data, np.array([[0.7, 0, 0, -20.0], [0, 0.7, 0, 5.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])),
+        "aniso": (data, np.array([[-0.7, 0, 0, -20.0], [0, -0.7, 0, 5.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])),
     }
     for name, (arr, aff) in variants.items():
         nib.save(nib.Nifti1Image(arr, aff), folder / f"{name}.nii.gz")
     axcodes = {name: nib.aff2axcodes(nib.load(folder / f"{name}.nii.gz").affine) for name in variants}
-    assert axcodes == {"lps": ("L", "P", "S"), "permuted": ("S", "R", "A"), "aniso": ("R", "A", "S")}
+    # the prepared reference carries the raw nrrd's LPS orientation; its x/y-flipped copy reads RAS
+    assert nib.aff2axcodes(ref.affine) == ("L", "P", "S")
+    assert axcodes == {"lps": ("R", "A", "S"), "permuted": ("S", "L", "P"), "aniso": ("L", "P", "S")}
 
     pred = synth.root / "pred_non_ras"
     bundle_infer(folder, pred, synth.model, log=synth.root / "infer_non_ras.log")

@@ -14,9 +14,19 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
+import torch
 
 from custom.data.datalist import DatasetError, assert_disjoint, read_datalist, read_id_list
-from custom.data.la import H5_FOLDER, load_h5_case, prepare_la, preprocess_raw, synth_la, synth_la_h5
+from custom.data.la import (
+    H5_FOLDER,
+    h5_affine,
+    load_h5_case,
+    nrrd_affine,
+    prepare_la,
+    synth_la,
+    synth_la_h5,
+    ua_mt_preprocess,
+)
 from entry_points import check_exported_bundle, check_help_from_bundle_folder, check_matches_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,27 +125,22 @@ def test_prepare_raw_contents(raw_release: Path, tmp_path: Path):
     assert meta["missing"] == {"training": [], "test": []}
     assert "0.625" in meta["spacing_note"] and "not trusted" in meta["spacing_note"]
     assert meta["arguments"]["labeled"] == 3 and meta["arguments"]["val"] == 2
-    assert "la_heart_processing.py" in meta["preprocessing"]
+    assert meta["preprocessing"].startswith("none: the nrrd arrays are written unchanged")
+    assert meta["crop_uses_label"] == "no" and meta["header_spacings"] == [[1.0, 1.0, 1.0]]
+    assert meta["skipped"] == {}
     for key in ("training", "unlabeled", "validation", "test"):
         for e in dl[key]:
             raw_img, _ = nrrd.read(str(raw_release / e["id"] / "lgemri.nrrd"))
             raw_lab, _ = nrrd.read(str(raw_release / e["id"] / "laendo.nrrd"))
             img, image = _nii(dst / e["image"])
             lab, label = _nii(dst / f"labels/{e['id']}.nii.gz")  # exists on disk for unlabeled cases too
-            np.testing.assert_allclose(img.affine, np.diag([0.625, 0.625, 0.625, 1.0]))
+            # the header's LPS axes as RAS (x and y negated), the challenge's 0.625 mm instead of the header's 1 mm
+            np.testing.assert_allclose(img.affine, np.diag([-0.625, -0.625, 0.625, 1.0]))
             np.testing.assert_allclose(lab.affine, img.affine)
             np.testing.assert_allclose(img.header["pixdim"][1:4], 0.625)
-            assert image.dtype == np.float32 and label.dtype == np.uint8
-            assert img.get_data_dtype() == np.float32 and lab.get_data_dtype() == np.uint8
-            assert set(np.unique(label).tolist()) == {0, 1}
-            assert image.shape == label.shape and image.shape[2] == raw_img.shape[2]  # z kept whole
-            assert int(label.sum()) == int((raw_lab == 255).sum())  # the crop keeps the whole label
-            # the image is the z-score of the WHOLE raw volume, cropped where the label bbox says
-            off = [int(np.nonzero(raw_lab == 255)[a].min() - np.nonzero(label)[a].min()) for a in range(3)]
-            assert off[2] == 0
-            z = ((raw_img - raw_img.mean()) / raw_img.std()).astype(np.float32)
-            sx, sy, _ = image.shape
-            np.testing.assert_array_equal(image, z[off[0]:off[0] + sx, off[1]:off[1] + sy])
+            assert img.get_data_dtype() == np.uint8 and lab.get_data_dtype() == np.uint8  # as stored: no z-score
+            np.testing.assert_array_equal(image, raw_img)  # unchanged: no crop, no intensity change
+            np.testing.assert_array_equal(label, (raw_lab == 255).astype(np.uint8))
 
 
 def test_raw_crop_mirrors_ua_mt(tmp_path: Path):
@@ -144,8 +149,8 @@ def test_raw_crop_mirrors_ua_mt(tmp_path: Path):
     for case_id in _case_ids(src, "train.list"):
         raw_img, _ = nrrd.read(str(src / case_id / "lgemri.nrrd"))
         raw_lab, _ = nrrd.read(str(src / case_id / "laendo.nrrd"))
-        image, label = preprocess_raw(raw_img, raw_lab, case_id)
-        image2, label2 = preprocess_raw(raw_img, raw_lab, case_id)
+        image, label = ua_mt_preprocess(raw_img, raw_lab, case_id)
+        image2, label2 = ua_mt_preprocess(raw_img, raw_lab, case_id)
         np.testing.assert_array_equal(image, image2)  # seeded per case
         nz = np.nonzero(raw_lab == 255)
         for axis in (0, 1):
@@ -197,14 +202,14 @@ def test_prepare_h5_values_identical(h5_release: Path, tmp_path: Path):
             assert image.dtype == np.float32 and label.dtype == np.uint8
 
 
-def test_synth_h5_matches_raw_preprocessing(tmp_path: Path):
+def test_synth_h5_matches_ua_mt_preprocessing(tmp_path: Path):
     raw = synth_la(tmp_path / "raw", n_train=2, n_test=1, shape=(30, 28, 12), seed=9)
     h5 = synth_la_h5(tmp_path / "h5", n_train=2, n_test=1, shape=(30, 28, 12), seed=9)
     for case_id in _case_ids(raw, "train.list") + _case_ids(raw, "test.list"):
         image, label = load_h5_case(h5 / H5_FOLDER / case_id / "mri_norm2.h5")
         raw_img, _ = nrrd.read(str(raw / case_id / "lgemri.nrrd"))
         raw_lab, _ = nrrd.read(str(raw / case_id / "laendo.nrrd"))
-        ref_image, ref_label = preprocess_raw(raw_img, raw_lab, case_id)
+        ref_image, ref_label = ua_mt_preprocess(raw_img, raw_lab, case_id)
         np.testing.assert_array_equal(image, ref_image)
         np.testing.assert_array_equal(label, ref_label)
 
@@ -338,38 +343,233 @@ def test_h5_errors_leave_no_dst(h5_copy: Path, tmp_path: Path, leftovers, corrup
     assert leftovers(dst) == []
 
 
-@pytest.mark.parametrize(
-    ("corrupt", "message", "which"),
-    [
-        ("garbage", "cannot read nrrd file", "lgemri.nrrd"),
-        ("missing", "missing nrrd file", "laendo.nrrd"),
-        ("label7", "label values [7] outside", "laendo.nrrd"),
-        ("empty", "label is empty", "laendo.nrrd"),
-        ("nan", "NaN/Inf voxel", "lgemri.nrrd"),
-        ("shape", "image shape", "laendo.nrrd"),
-    ],
-)
-def test_raw_errors_leave_no_dst(raw_copy: Path, tmp_path: Path, leftovers, corrupt, message, which):
-    case = raw_copy / _first_train(raw_copy)
-    image, header = nrrd.read(str(case / "lgemri.nrrd"))
-    label, _ = nrrd.read(str(case / "laendo.nrrd"))
+def _defect(case: Path, corrupt: str) -> None:
+    """Make one case of a writable raw release defective (headers kept unless the defect is in them)."""
+    image, ih = nrrd.read(str(case / "lgemri.nrrd"))
+    label, lh = nrrd.read(str(case / "laendo.nrrd"))
     if corrupt == "garbage":
         (case / "lgemri.nrrd").write_bytes(b"NRRD0004\ntype: what\n\n" + os.urandom(100))
-    elif corrupt == "missing":
+    elif corrupt == "zero_bytes":
+        (case / "laendo.nrrd").write_bytes(b"")
+    elif corrupt == "missing_label":
         (case / "laendo.nrrd").unlink()
+    elif corrupt == "missing_image":
+        (case / "lgemri.nrrd").unlink()
+    elif corrupt == "empty_folder":
+        for p in case.iterdir():
+            p.unlink()
     elif corrupt == "label7":
-        nrrd.write(str(case / "laendo.nrrd"), _set_first(label, 7))
-    elif corrupt == "empty":
-        nrrd.write(str(case / "laendo.nrrd"), np.zeros_like(label))
+        nrrd.write(str(case / "laendo.nrrd"), _set_first(label, 7), lh)
+    elif corrupt == "empty_label":
+        nrrd.write(str(case / "laendo.nrrd"), np.zeros_like(label), lh)
     elif corrupt == "nan":
-        nrrd.write(str(case / "lgemri.nrrd"), _set_first(image.astype(np.float32), np.inf))
+        ih = {**ih, "type": "float"}
+        nrrd.write(str(case / "lgemri.nrrd"), _set_first(image.astype(np.float32), np.inf), ih)
+    elif corrupt == "constant":
+        nrrd.write(str(case / "lgemri.nrrd"), np.full_like(image, 7), ih)
     elif corrupt == "shape":
-        nrrd.write(str(case / "laendo.nrrd"), label[:, :, :-1].copy())
+        nrrd.write(str(case / "laendo.nrrd"), label[:, :, :-1].copy(), {**lh, "sizes": np.array(label[:, :, :-1].shape)})
+    elif corrupt == "label_directions":  # same array, the label's header says x is flipped
+        nrrd.write(str(case / "laendo.nrrd"), label, {**lh, "space directions": np.diag([-1.0, 1.0, 1.0])})
+    elif corrupt == "label_spacing":
+        nrrd.write(str(case / "laendo.nrrd"), label, {**lh, "space directions": np.diag([1.0, 1.0, 2.5])})
+    elif corrupt == "label_origin":
+        nrrd.write(str(case / "laendo.nrrd"), label, {**lh, "space origin": np.array([0.0, 12.0, 0.0])})
+    elif corrupt == "label_space":
+        nrrd.write(str(case / "laendo.nrrd"), label, {**lh, "space": "right-anterior-superior"})
+    elif corrupt == "no_geometry":
+        nrrd.write(str(case / "lgemri.nrrd"), image)  # no space directions / origin
+    elif corrupt == "odd_space":
+        nrrd.write(str(case / "lgemri.nrrd"), image, {**ih, "space": "scanner-xyz"})
+    else:
+        raise AssertionError(corrupt)
+
+
+RAW_DEFECTS = [
+    ("garbage", "cannot read nrrd file", "lgemri.nrrd"),
+    ("zero_bytes", "cannot read nrrd file", "laendo.nrrd"),
+    ("missing_label", "missing label nrrd file", "laendo.nrrd"),
+    ("missing_image", "missing image nrrd file", "lgemri.nrrd"),
+    ("empty_folder", "empty case folder", ""),
+    ("label7", "label values [7] outside", "laendo.nrrd"),
+    ("empty_label", "label is empty", "laendo.nrrd"),
+    ("nan", "NaN/Inf voxel", "lgemri.nrrd"),
+    ("constant", "image is constant", "lgemri.nrrd"),
+    ("shape", "label shape", "laendo.nrrd"),
+    ("label_directions", "label geometry disagrees with its image", "laendo.nrrd"),
+    ("label_spacing", "label geometry disagrees with its image", "laendo.nrrd"),
+    ("label_origin", "label geometry disagrees with its image", "laendo.nrrd"),
+    ("label_space", "label geometry disagrees with its image", "laendo.nrrd"),
+    ("no_geometry", "no geometry", "lgemri.nrrd"),
+    ("odd_space", "is not supported", "lgemri.nrrd"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "message", "which"), RAW_DEFECTS)
+def test_raw_defects_fail_naming_the_case(raw_copy: Path, tmp_path: Path, leftovers, corrupt, message, which):
+    """Every defect of a listed case fails the preparation naming the case, its file and the reason; nothing is
+    written."""
+    case_id = _case_ids(raw_copy, "test.list")[0]  # a test case: defects anywhere in the lists count
+    case = raw_copy / case_id
+    _defect(case, corrupt)
     dst = tmp_path / "LA"
     with pytest.raises(DatasetError) as err:
         prepare_la(raw_copy, dst, labeled=2)
-    assert message in str(err.value) and str(case / which) in str(err.value)
+    text = str(err.value)
+    assert message in text and str(case / which) in text and f"1 case(s) cannot be prepared ({case_id}:" in text
+    assert "--skip-incomplete" in text
     assert leftovers(dst) == []
+
+
+def test_raw_skip_incomplete_lists_skipped_cases(raw_copy: Path, tmp_path: Path, capsys):
+    """With skip_incomplete, defective cases (a labeled one, an unlabeled one, a test one) are left out, the split is
+    made of the remaining cases, and the datalist and the summary list them with their reasons."""
+    train, test = _case_ids(raw_copy, "train.list"), _case_ids(raw_copy, "test.list")
+    defects = {train[0]: "label_origin", train[4]: "missing_label", test[1]: "empty_folder"}
+    for case_id, corrupt in defects.items():
+        _defect(raw_copy / case_id, corrupt)
+    with pytest.raises(DatasetError, match="3 case"):
+        prepare_la(raw_copy, tmp_path / "strict", labeled=2)
+    capsys.readouterr()
+    dl = read_datalist(prepare_la(raw_copy, tmp_path / "LA", labeled=2, val=1, skip_incomplete=True))
+    kept = [i for i in train if i not in defects]
+    assert [e["id"] for e in dl["training"]] == kept[:2]
+    assert [e["id"] for e in dl["validation"]] == kept[-1:]
+    assert [e["id"] for e in dl["unlabeled"]] == kept[2:-1]
+    assert [e["id"] for e in dl["test"]] == [i for i in test if i not in defects]
+    skipped = dl["dycon"]["skipped"]
+    assert sorted(skipped) == sorted(defects)
+    assert "label geometry disagrees" in skipped[train[0]] and "missing label nrrd file" in skipped[train[4]]
+    assert "empty case folder" in skipped[test[1]]
+    assert dl["dycon"]["arguments"]["skip_incomplete"] is True
+    err = capsys.readouterr().err
+    for case_id in defects:
+        assert f"skipped (--skip-incomplete) {case_id}: " in err
+    assert not (tmp_path / "LA" / "images" / f"{train[0]}.nii.gz").exists()
+
+
+def test_cli_skip_incomplete(raw_copy: Path, tmp_path: Path, leftovers):
+    """``dycon prepare la``: a defective case is one error line naming it (exit 2, nothing written);
+    ``--skip-incomplete`` prepares the rest and prints the skipped case."""
+    case_id = _case_ids(raw_copy, "train.list")[3]
+    _defect(raw_copy / case_id, "label_directions")
+    cmd = [sys.executable, "-m", "custom", "prepare", "la", "--src", str(raw_copy), "--dst", str(tmp_path / "LA"),
+           "--labeled", "2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and leftovers(tmp_path / "LA") == []
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dycon: error: ") and case_id in lines[0], proc.stderr
+    proc = subprocess.run(cmd + ["--skip-incomplete"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped (--skip-incomplete) {case_id}: " in proc.stderr
+    assert list(read_datalist(tmp_path / "LA")["dycon"]["skipped"]) == [case_id]
+
+
+def test_h5_empty_case_folder(h5_copy: Path, tmp_path: Path, leftovers):
+    case_id = _first_train(h5_copy)
+    (h5_copy / H5_FOLDER / case_id / "mri_norm2.h5").unlink()
+    with pytest.raises(DatasetError, match=f"{case_id}: .*case folder without mri_norm2.h5"):
+        prepare_la(h5_copy, tmp_path / "LA", labeled=2)
+    assert leftovers(tmp_path / "LA") == []
+    dl = read_datalist(prepare_la(h5_copy, tmp_path / "LA", labeled=2, skip_incomplete=True))
+    assert list(dl["dycon"]["skipped"]) == [case_id] and case_id not in [e["id"] for e in dl["training"]]
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+
+
+def _monai_ras(path: Path, key: str = "image"):
+    """What the bundle's chain makes of a file up to its orientation step: LoadImage, channel first, RAS."""
+    from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
+
+    img = Orientation(axcodes="RAS", labels=None)(EnsureChannelFirst()(LoadImage(image_only=True)(str(path))))
+    return np.asarray(img), np.asarray(img.affine)
+
+
+def test_raw_geometry_from_the_header_as_monai_reads_it(raw_release: Path, tmp_path: Path):
+    """A raw case with a non-trivial header (permuted, flipped, anisotropic axes, an origin): the prepared NIfTI
+    carries the header's orientation and origin (LPS -> RAS as MONAI's NrrdReader), so MONAI's LoadImage +
+    Orientationd(RAS) of the raw nrrd and of the prepared NIfTI give identical arrays and direction signs; only the
+    voxel size differs (the challenge's 0.625 mm, or the override)."""
+    case_id = _case_ids(raw_release, "train.list")[0]
+    image, header = nrrd.read(str(raw_release / case_id / "lgemri.nrrd"))
+    label, _ = nrrd.read(str(raw_release / case_id / "laendo.nrrd"))
+    src = tmp_path / "raw"
+    (src / case_id).mkdir(parents=True)
+    header = {**header, "space directions": np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]]),
+              "space origin": np.array([10.0, -20.0, 5.5])}  # fmt: skip
+    nrrd.write(str(src / case_id / "lgemri.nrrd"), image, header)
+    nrrd.write(str(src / case_id / "laendo.nrrd"), label, header)
+    (src / "train.list").write_text(case_id + "\n")
+    (src / "test.list").write_text("")
+    with pytest.warns(UserWarning, match="'test' is empty"):
+        dl = read_datalist(prepare_la(src, tmp_path / "LA", labeled=1))
+    from monai.data import NrrdReader
+
+    reader = NrrdReader()
+    monai_affine = reader.get_data(reader.read(str(src / case_id / "lgemri.nrrd")))[1]["affine"]
+    np.testing.assert_allclose(nrrd_affine(header, spacing=None), monai_affine)  # MONAI's rule, exactly
+    prepared = nib.load(tmp_path / "LA" / dl["training"][0]["image"]).affine
+    np.testing.assert_allclose(prepared[:3, 3], monai_affine[:3, 3])  # the header's origin, as RAS
+    np.testing.assert_allclose(np.linalg.norm(prepared[:3, :3], axis=0), 0.625)
+    np.testing.assert_allclose(np.sign(prepared), np.sign(monai_affine))
+    for key, raw_name, rel in (("image", "lgemri.nrrd", dl["training"][0]["image"]),
+                               ("label", "laendo.nrrd", dl["training"][0]["label"])):  # fmt: skip
+        raw_arr, raw_aff = _monai_ras(src / case_id / raw_name)
+        prep_arr, prep_aff = _monai_ras(tmp_path / "LA" / rel)
+        if key == "label":
+            raw_arr = (raw_arr == 255).astype(np.uint8)
+        np.testing.assert_array_equal(prep_arr, raw_arr)
+        np.testing.assert_array_equal(np.sign(prep_aff[:3, :3]), np.sign(raw_aff[:3, :3]))
+        assert nib.aff2axcodes(prep_aff) == nib.aff2axcodes(raw_aff) == ("R", "A", "S")
+    # the spacing override changes the voxel size only
+    with pytest.warns(UserWarning, match="'test' is empty"):
+        dl2 = read_datalist(prepare_la(src, tmp_path / "LA2", labeled=1, spacing=[0.5, 0.5, 1.25]))
+    aff2 = nib.load(tmp_path / "LA2" / dl2["training"][0]["image"]).affine
+    np.testing.assert_allclose(sorted(np.linalg.norm(aff2[:3, :3], axis=0)), [0.5, 0.5, 1.25])
+    np.testing.assert_allclose(np.sign(aff2), np.sign(monai_affine))
+
+
+def test_nrrd_and_h5_reach_the_network_identically(tmp_path: Path):
+    """The same synthetic raw case as the raw nrrd release and as an h5 written from the same arrays (index order,
+    as UA-MT's nrrd.read gives them): after prepare and the bundle's preprocessing chain (train.yaml's
+    preprocessing_transforms, Orientationd RAS included) the network gets identical image and label arrays."""
+    from monai.bundle import ConfigParser
+
+    from custom.export import bundle_code
+
+    raw = synth_la(tmp_path / "raw", n_train=1, n_test=0, shape=(28, 26, 12), seed=4)
+    case_id = _case_ids(raw, "train.list")[0]
+    image, _ = nrrd.read(str(raw / case_id / "lgemri.nrrd"))
+    label, _ = nrrd.read(str(raw / case_id / "laendo.nrrd"))
+    h5 = tmp_path / "h5"
+    (h5 / H5_FOLDER / case_id).mkdir(parents=True)
+    with h5py.File(h5 / H5_FOLDER / case_id / "mri_norm2.h5", "w") as f:
+        f.create_dataset("image", data=image.astype(np.float32))
+        f.create_dataset("label", data=(label == 255).astype(np.uint8))
+    shutil.copy(raw / "train.list", h5)
+    shutil.copy(raw / "test.list", h5)
+    items = {}
+    for name, src in (("raw", raw), ("h5", h5)):
+        with pytest.warns(UserWarning, match="'test' is empty"):
+            out = prepare_la(src, tmp_path / f"LA_{name}", labeled=1)
+        e = read_datalist(out)["training"][0]
+        items[name] = {k: str(out.parent / e[k]) for k in ("image", "label")}
+    np.testing.assert_allclose(nib.load(items["h5"]["image"]).affine, h5_affine())
+    np.testing.assert_allclose(nib.load(items["h5"]["image"]).affine, nib.load(items["raw"]["image"]).affine)
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "dycon_la"
+    with bundle_code(bundle):
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "train.yaml"))
+        chain = parser.get_parsed_content("validate#preprocessing")
+        out = {name: chain(item) for name, item in items.items()}
+    for key in ("image", "label"):
+        a, b = out["raw"][key], out["h5"][key]
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a.affine), np.asarray(b.affine))
+    assert out["raw"]["image"].dtype == torch.float32
+    # the network's x and y run opposite to the stored index order (LPS -> RAS)
+    np.testing.assert_array_equal(np.asarray(out["raw"]["label"])[0], (label == 255)[::-1, ::-1, :])
 
 
 @pytest.mark.parametrize(
@@ -458,7 +658,7 @@ def test_real_h5_subset(tmp_path: Path, tree_checksums, capsys):
         np.testing.assert_array_equal(label, h5_label)
         assert image.dtype == np.float32 and label.dtype == np.uint8
         np.testing.assert_allclose(img.header["pixdim"][1:4], 0.625)
-        np.testing.assert_allclose(img.affine, np.diag([0.625, 0.625, 0.625, 1.0]))
+        np.testing.assert_allclose(img.affine, np.diag([-0.625, -0.625, 0.625, 1.0]))  # the raw nrrd's LPS, as RAS
     first = tree_checksums(dst)
     with pytest.warns(UserWarning, match="'test' is empty"):
         prepare_la(src, dst, labeled=2, val=2, overwrite=True)
