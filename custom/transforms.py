@@ -8,6 +8,8 @@ This module adds what those lists need beyond MONAI:
 * :class:`Spacingd` - MONAI's ``Spacingd`` that works under MONAI Label 0.8.5 with monai 1.6.1;
 * :class:`CropAroundLabeld` - the literature's crop around the ground-truth label (a protocol option for comparison
   with papers only; a no-op where an item has no label);
+* :class:`ClipNonzeroPercentiled` - BraTS: clip at a percentile of the brain (non-zero) voxels, as the literature does;
+* :class:`BrainNormalized` - ISLES: z-score over the brain (exact-zero background, else an Otsu threshold of DWI);
 * :func:`augmentation` - pad, crop one patch, 90-degree rotations and flips (the released code's augmentation);
 * :func:`protocol_name` - how outputs say whether the label was used to crop.
 """
@@ -21,14 +23,8 @@ import monai.transforms
 import numpy as np
 import torch
 from monai.transforms import (
-    Compose,
     CropForegroundd,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
     MapTransform,
-    NormalizeIntensityd,
-    Orientationd,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandRotate90d,
@@ -39,18 +35,7 @@ from monai.transforms import (
 from .data.datalist import DatasetError
 from .flags import as_bool
 
-__all__ = [
-    "BrainNormalized",
-    "ClipNonzeroPercentiled",
-    "CropAroundLabeld",
-    "Spacingd",
-    "augmentation",
-    "evaluation_transforms",
-    "inference_transforms",
-    "load_transforms",
-    "protocol_name",
-    "training_transforms",
-]
+__all__ = ["BrainNormalized", "ClipNonzeroPercentiled", "CropAroundLabeld", "Spacingd", "augmentation", "protocol_name"]
 
 LABEL_CROP_NOTE = (
     "label_crop: images cropped around the ground-truth label (uses the label; for comparison with papers only)"
@@ -125,25 +110,6 @@ def protocol_name(label_crop: Any) -> str:
     return LABEL_CROP_NOTE if as_bool(label_crop, "label_crop") else "label_free"
 
 
-def load_transforms(keys: Sequence[str] = ("image", "label"), normalize_nonzero: bool = False) -> list[MapTransform]:
-    """Load, channel-first, RAS, float32 image, z-score per channel.
-
-    Args:
-        keys: the image (and label) keys; missing keys are allowed (unlabeled entries have no ``label``).
-        normalize_nonzero: z-score over non-zero voxels only (brain-masked MRI: BraTS, ISLES) instead of the
-            whole volume (LA, Pancreas).
-    """
-    keys = list(keys)
-    normalize_nonzero = as_bool(normalize_nonzero, "normalize_nonzero")
-    return [
-        LoadImaged(keys=keys, image_only=True, allow_missing_keys=True),
-        EnsureChannelFirstd(keys=keys, allow_missing_keys=True),
-        Orientationd(keys=keys, axcodes="RAS", labels=None, allow_missing_keys=True),
-        EnsureTyped(keys="image", dtype=torch.float32),
-        NormalizeIntensityd(keys="image", nonzero=normalize_nonzero, channel_wise=True),
-    ]
-
-
 def augmentation(
     patch_size: Sequence[int],
     keys: Sequence[str] = ("image", "label"),
@@ -185,33 +151,7 @@ def augmentation(
     return chain
 
 
-def training_transforms(
-    patch_size: Sequence[int],
-    labeled: bool = True,
-    crop: str = "random",
-    normalize_nonzero: bool = False,
-    pos_neg: Sequence[float] = (1.0, 1.0),
-) -> Compose:
-    """The labeled (image + label) or unlabeled (image only) training chain; ``crop="pos_neg"`` applies to labeled
-    data only (unlabeled data are cropped uniformly)."""
-    keys = ("image", "label") if labeled else ("image",)
-    crop = crop if labeled else "random"
-    return Compose(
-        load_transforms(keys, normalize_nonzero) + augmentation(patch_size, keys, crop, pos_neg), map_items=True
-    )
-
-
-def evaluation_transforms(normalize_nonzero: bool = False) -> Compose:
-    """Validation / test chain (image + label, whole volumes)."""
-    return Compose(load_transforms(("image", "label"), normalize_nonzero))
-
-
-def inference_transforms(normalize_nonzero: bool = False) -> Compose:
-    """Inference chain (image only); ``Invertd`` with this Compose restores the input's orientation."""
-    return Compose(load_transforms(("image",), normalize_nonzero))
-
-
-# ---- brats19
+# ------------------------------------------------------------------ BraTS 2019
 
 
 class ClipNonzeroPercentiled(MapTransform):
@@ -251,7 +191,7 @@ class ClipNonzeroPercentiled(MapTransform):
         return d
 
 
-# ---- isles22
+# ------------------------------------------------------------------ ISLES 2022
 
 
 class BrainNormalized(MapTransform):

@@ -1,4 +1,4 @@
-"""custom.transforms: the chains every bundle uses."""
+"""custom.transforms: the augmentation every bundle uses and the transforms its preprocessing adds to MONAI's."""
 
 import nibabel as nib
 import numpy as np
@@ -6,7 +6,26 @@ import pytest
 import torch
 from monai.transforms import Invertd
 
-from custom.transforms import augmentation, inference_transforms, training_transforms
+from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, NormalizeIntensityd, Orientationd
+
+from custom.transforms import augmentation
+
+
+def load(keys=("image", "label")):
+    """The first steps of every bundle's preprocessing_transforms (load, channel first, RAS, float32, z-score)."""
+    keys = list(keys)
+    return [
+        LoadImaged(keys, image_only=True, allow_missing_keys=True),
+        EnsureChannelFirstd(keys, allow_missing_keys=True),
+        Orientationd(keys, axcodes="RAS", labels=None, allow_missing_keys=True),
+        EnsureTyped("image", dtype=torch.float32),
+        NormalizeIntensityd("image", channel_wise=True),
+    ]
+
+
+def training_transforms(patch, labeled=True, crop="random", pos_neg=(1.0, 1.0)):
+    keys = ("image", "label") if labeled else ("image",)
+    return Compose(load(keys) + augmentation(patch, keys, crop if labeled else "random", pos_neg), map_items=True)
 
 
 def _write(path, array, affine):
@@ -21,14 +40,17 @@ def case(tmp_path):
     label = np.zeros((40, 36, 20), np.uint8)
     label[10:20, 8:16, 5:12] = 1
     affine = np.diag([-0.8, -0.8, 2.0, 1.0])  # LPS-like: Orientationd must flip it to RAS
-    return {"image": _write(tmp_path / "img.nii.gz", image, affine), "label": _write(tmp_path / "lab.nii.gz", label, affine)}
+    return {
+        "image": _write(tmp_path / "img.nii.gz", image, affine),
+        "label": _write(tmp_path / "lab.nii.gz", label, affine),
+    }
 
 
 def test_training_chain_shapes_and_zscore(case):
     out = training_transforms([16, 16, 16])(dict(case))
     assert out["image"].shape == (1, 16, 16, 16) and out["label"].shape == (1, 16, 16, 16)
     assert out["image"].dtype == torch.float32
-    full = inference_transforms()({"image": case["image"]})["image"]
+    full = Compose(load(["image"]))({"image": case["image"]})["image"]
     assert abs(float(full.mean())) < 1e-4 and abs(float(full.std()) - 1.0) < 1e-3
 
 
@@ -70,14 +92,16 @@ def test_the_eight_inplane_orientations_are_equally_likely():
     chain = Compose(augmentation([4, 4, 1], keys=["image"])[2:])  # rotation and flips (pad / crop are identities)
     chain.set_random_state(seed=0)
     n = 8000
-    counts = Counter(tuple(torch.as_tensor(chain({"image": base.clone()})["image"]).flatten().tolist()) for _ in range(n))
+    counts = Counter(
+        tuple(torch.as_tensor(chain({"image": base.clone()})["image"]).flatten().tolist()) for _ in range(n)
+    )
     assert set(counts) == group
     for c in counts.values():  # binomial sd at p = 1/8: sqrt(n p (1-p)) = 30; 5 sd = 150
         assert abs(c - n / 8) < 150, counts
 
 
 def test_inference_chain_inverts_to_input_geometry(case):
-    chain = inference_transforms()
+    chain = Compose(load(["image"]))
     data = chain({"image": case["image"]})
     np.testing.assert_allclose(np.diag(data["image"].affine.numpy())[:3], [0.8, 0.8, 2.0], rtol=1e-6)  # RAS inside
     data["pred"] = data["image"].clone()
