@@ -167,17 +167,17 @@ def dicom_series_folders(folder: str | os.PathLike[str]) -> list[Path]:
 def check_dicom_series(folder: str | os.PathLike[str]) -> Path:
     """One DICOM series folder as an inference input: DatasetError unless its DICOM files share one
     SeriesInstanceUID (ITK would silently read only one of several series) and are at least two slices."""
-    import pydicom
+    import itk
 
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and _is_dicom_file(p))
-    uids = set()
-    for f in files:
-        try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True, specific_tags=["SeriesInstanceUID"])
-        except Exception as err:  # pydicom raises many kinds of errors on corrupt files
-            raise DatasetError(f"{f}: unreadable DICOM file ({type(err).__name__}: {err})") from err
-        uids.add(str(ds.get("SeriesInstanceUID", "")))
+    try:  # GDCM (through ITK, which reads the series) groups the files by SeriesInstanceUID
+        names = itk.GDCMSeriesFileNames.New()
+        names.SetUseSeriesDetails(False)
+        names.SetDirectory(str(folder))
+        uids = set(names.GetSeriesUIDs())
+    except Exception as err:  # ITK raises RuntimeError on unreadable folders / files
+        raise DatasetError(f"{folder}: unreadable DICOM series ({type(err).__name__}: {err})") from err
     if len(uids) > 1:
         raise DatasetError(f"{folder} holds {len(uids)} DICOM series; give one series folder per study")
     if len(files) < 2:
