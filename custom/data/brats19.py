@@ -427,7 +427,7 @@ def prepare_brats19(
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    check_split_arguments(labeled, fraction, random, overwrite)
+    check_split_arguments(labeled, fraction, random, overwrite, skip_incomplete)
     mode, channels = _modalities(modalities)
     lists, splits_origin = official_splits(splits)
     release = find_release(src_p)
@@ -448,7 +448,6 @@ def prepare_brats19(
         "splits": None if splits is None else splits_origin,
         "skip_incomplete": bool(skip_incomplete),
     }
-    check_complete({}, skip_incomplete)  # a bad skip_incomplete value fails before any work
     if check_destination(dst_p, arguments, overwrite=overwrite):
         _info(f"{dst_p} is already prepared with the same arguments; nothing to do (overwrite=True rebuilds it)")
         return dst_p / DATALIST_NAME

@@ -443,9 +443,11 @@ def present_in_lists(
     return found, missing, sorted(i for i in present if i not in listed)
 
 
-def check_split_arguments(labeled: Any, fraction: Any, random: Any, overwrite: Any) -> None:
+def check_split_arguments(
+    labeled: Any, fraction: Any, random: Any, overwrite: Any, skip_incomplete: Any = False
+) -> None:
     """The argument checks every ``prepare_*`` starts with: boolean flags, and ``labeled`` xor ``fraction``."""
-    for name, flag in (("random", random), ("overwrite", overwrite)):
+    for name, flag in (("random", random), ("overwrite", overwrite), ("skip_incomplete", skip_incomplete)):
         _check_bool(flag, name)
     if labeled is not None and fraction is not None:
         raise DatasetError(

@@ -494,7 +494,7 @@ def prepare_isles22(
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    check_split_arguments(labeled, fraction, random, overwrite)
+    check_split_arguments(labeled, fraction, random, overwrite, skip_incomplete)
     chans = _channels(channels)
     fold_path = split_file(fold, splits)
     fold_data = read_fold(fold_path)

@@ -470,8 +470,7 @@ def prepare_la(
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
     sp = _spacing3(spacing)
-    check_split_arguments(labeled, fraction, random, overwrite)
-    check_complete({}, skip_incomplete)  # the flag's type, before anything is read
+    check_split_arguments(labeled, fraction, random, overwrite, skip_incomplete)
     source = _find_source(src_p, layout)
     check_outside(src_p, dst_p)
 

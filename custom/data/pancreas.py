@@ -744,8 +744,7 @@ def prepare_pancreas(
     """
     src_p = Path(os.fspath(src)).expanduser().resolve()
     dst_p = Path(os.fspath(dst)).expanduser().absolute()
-    check_split_arguments(labeled, fraction, random, overwrite)
-    check_complete({}, skip_incomplete)  # a bad flag fails before any work
+    check_split_arguments(labeled, fraction, random, overwrite, skip_incomplete)
     train_all, test_all, train_path, test_path = read_split_lists(splits)
     source = _find_source(src_p, layout)
     check_outside(src_p, dst_p)
