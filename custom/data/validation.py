@@ -49,6 +49,14 @@ def _channels(shape: Sequence[int]) -> int:
     return 1 if len(shape) == 3 else int(shape[3])
 
 
+def _check_finite(data: np.ndarray, path: str) -> None:
+    """DatasetError naming ``path`` when a floating-point image holds NaN or Inf voxels."""
+    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
+        if not np.isfinite(data).all():
+            n_nan, n_inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
+            raise DatasetError(f"{path}: image has non-finite voxels ({n_nan} NaN, {n_inf} Inf)")
+
+
 def _check_entry(
     entry: dict[str, Any], key: str, i: int, in_channels: int | None, label_values: Iterable[int] | None
 ) -> None:
@@ -62,13 +70,7 @@ def _check_entry(
             f"{image_path}: image has {_channels(shape)} channel(s) (shape {shape}) but the bundle expects "
             f"in_channels={in_channels}"
         )
-    data = _data(image, image_path)
-    if np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.complexfloating):
-        finite = np.isfinite(data)
-        if not finite.all():
-            n_nan, n_inf = int(np.isnan(data).sum()), int(np.isinf(data).sum())
-            raise DatasetError(f"{image_path}: image has non-finite voxels ({n_nan} NaN, {n_inf} Inf)")
-    del data
+    _check_finite(_data(image, image_path), image_path)
     label_path = entry.get("label")
     if label_path is None:
         return
@@ -139,19 +141,15 @@ def _input_shape(path: str) -> tuple[int, ...]:
         img = _open(path)
         shape = tuple(int(s) for s in img.shape)
         if len(shape) in (3, 4) and all(shape):
-            data = _data(img, path)
-            if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-                raise DatasetError(f"{path}: image has non-finite voxels")
+            _check_finite(_data(img, path), path)
         return shape
-    import torch
     from monai.transforms import LoadImage
 
     try:
         image = LoadImage(image_only=True)(path)
     except Exception as err:  # reader errors of every kind: no reader, truncated file, not an image
         raise DatasetError(f"{path}: unreadable or corrupt image file ({_reason(err)})") from err
-    if not bool(torch.isfinite(torch.as_tensor(image)).all()):
-        raise DatasetError(f"{path}: image has non-finite voxels")
+    _check_finite(image.numpy(), path)
     return tuple(int(s) for s in image.shape)
 
 
@@ -177,7 +175,7 @@ def check_inputs(entries: Sequence[dict[str, Any]], in_channels: int | None = No
                 raise DatasetError(f"{path}: image is empty (shape {shape})")
             channels += _channels(shape)
         if in_channels is not None and channels != int(in_channels):
-            shown = paths[0] if len(paths) == 1 else f"{', '.join(map(str, paths))}"
             raise DatasetError(
-                f"{shown}: input has {channels} channel(s) but the bundle expects in_channels={in_channels}"
+                f"{', '.join(map(str, paths))}: input has {channels} channel(s) but the bundle expects "
+                f"in_channels={in_channels}"
             )
