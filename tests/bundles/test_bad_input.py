@@ -91,8 +91,13 @@ CASES = {
 }
 
 
-def _error_line(out: str) -> str:
-    """The single ``dycon: error:`` line of a failed bundle run (and no traceback)."""
+def _failed_run(bundle: Bundle, *args: str) -> str:
+    """``python -m monai.bundle run <args>`` from ``bundle``'s folder, which must fail: returns its single
+    ``dycon: error:`` line (and there is no traceback)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", *args]
+    proc = subprocess.run(cmd, cwd=bundle.root, env=ENV, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
     lines = [ln for ln in out.splitlines() if ln.startswith("dycon: error: ")]
     assert len(lines) == 1, out[-3000:]
@@ -106,8 +111,8 @@ def test_bad_input_fails_cleanly(tiny: Path, tmp_path: Path, case: str):
     shutil.copytree(tiny, ds)
     mutate(ds)
     out_dir, ckpt_dir = tmp_path / "out" / "eval", tmp_path / "out" / "models"
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
+    last = _failed_run(
+        LA,
         "--bundle_root", ".",
         "--config_file", LA.train_yaml,
         "--dataset_dir", str(ds),
@@ -116,11 +121,7 @@ def test_bad_input_fails_cleanly(tiny: Path, tmp_path: Path, case: str):
         "--patch_size", "[16,16,12]",
         "--num_workers", "0",
         *extra,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=LA.root, env=ENV, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out[-3000:]
-    last = _error_line(out)
+    )  # fmt: skip
     assert re.search(pattern, last), f"{case}: {last!r} does not match {pattern!r}"
     assert not (tmp_path / "out").exists(), f"{case}: output written: {list((tmp_path / 'out').rglob('*'))}"
 
@@ -130,19 +131,16 @@ def test_evaluate_checks_test_list(tiny: Path, tmp_path: Path):
     ds = tmp_path / "ds"
     shutil.copytree(tiny, ds)
     _write_nifti(ds / "labels" / "c2.nii.gz", _three)
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run",
+    last = _failed_run(
+        LA,
         "--bundle_root", ".",
         "--config_file", f"['{LA.train_yaml}','{LA.evaluate_yaml}']",
         "--dataset_dir", str(ds),
         "--output_dir", str(tmp_path / "out" / "eval"),
         "--ckpt_dir", str(tmp_path / "out" / "models"),
         "--num_workers", "0",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=LA.root, env=ENV, capture_output=True, text=True, timeout=300)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert re.search(r"labels/c2\.nii\.gz: label values 3 outside", _error_line(out)), out[-3000:]
+    )  # fmt: skip
+    assert re.search(r"labels/c2\.nii\.gz: label values 3 outside", last), last
     assert not (tmp_path / "out").exists()
 
 
@@ -198,14 +196,11 @@ def test_inference_bad_raw_study_fails_cleanly(tmp_path: Path, case: str):
     study = tmp_path / "study.nii.gz"
     write(study)
     out = tmp_path / "out"
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", bundle.inference_yaml,
+    last = _failed_run(
+        bundle,
+        "--config_file", bundle.inference_yaml,
         "--input_path", str(study), "--output_dir", str(out), "--ckpt_path", str(tmp_path / "no_model.pt"),
         "--num_workers", "0",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=bundle.root, env=ENV, capture_output=True, text=True, timeout=300)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0, text[-3000:]
-    last = _error_line(text)
+    )  # fmt: skip
     assert re.search(pattern, last), f"{case}: {last!r} does not match {pattern!r}"
     assert not out.exists()
