@@ -64,7 +64,8 @@ PROTOCOL_ARMS: dict[str, object] = {
     "dycon_paper_label_crop": lambda a: {**PAPER, "label_crop": True,
                                          "label_crop_margin": max(1, round(LABEL_CROP_MARGIN / a.downsample))},
 }
-ARMS.update(PROTOCOL_ARMS)  # type: ignore[arg-type]
+#: la_ssl's arms and this runner's own (la_ssl's table is left as it is)
+ALL_ARMS: dict[str, object] = {**ARMS, **PROTOCOL_ARMS}
 #: overrides of an arm that evaluate.yaml must get too (the evaluation protocol, not only the training)
 EVALUATION_KEYS = ("label_crop", "label_crop_margin")
 MODELS = ("last", "selected")
@@ -155,7 +156,7 @@ def run_one(arm: str, seed: int, args, datalists: dict[str, Path]) -> dict:
         **schedule_overrides(args.iterations, args.val_interval), "learning_rate": args.lr,
         "amp": False,  # fp32 unless the arm says otherwise (the *_bf16 arms)
     }
-    own = ARMS[arm]
+    own = ALL_ARMS[arm]
     overrides.update(own(args) if callable(own) else own)
     splits = ["validation"] + (["test"] if args.test_list else [])
     if not args.force and record.is_file():
@@ -341,7 +342,7 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--val-interval", type=int, default=None, help="iterations between validations (default 1/10)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1337, 7, 42])
-    p.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=list(MAIN_ARMS))
+    p.add_argument("--arms", nargs="+", choices=tuple(ALL_ARMS), default=list(MAIN_ARMS))
     p.add_argument("--ablations", action="store_true", help="add the ablation arms of la_ssl")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS per run (0: cores / jobs)")

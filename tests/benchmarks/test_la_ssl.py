@@ -38,7 +38,6 @@ def test_downsample_geometry_and_values(tmp_path: Path):
 def test_arms_differ_only_by_their_overrides(tmp_path: Path):
     class A:
         patch, features, batch, iterations, val_interval, lr, seed = [48, 48, 32], [8, 16], [2, 2], 10, 5, 0.01, 1
-        downsample = 2  # read by la_protocol's label-crop arm (la_protocol adds its arms to ARMS when imported)
 
     dl, sup = tmp_path / "datalist.json", tmp_path / "datalist_supervised.json"
     base = arm_overrides("dycon_official", A, dl, sup, tmp_path / "x")
